@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+SHARED ?= $(abspath ../shared)
+
+# DVC runs stage commands through the shell: the venv must come first on PATH.
+export PATH := $(BIN):$(PATH)
+export TF_CPP_MIN_LOG_LEVEL := 2
+export DO_NOT_TRACK := 1
+export GX_ANALYTICS_ENABLED := False
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install demo test bench clean-demo
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	@if [ -z "$$(ls -A data/raw 2>/dev/null)" ]; then $(BIN)/python -m pipeline.demo --out data/raw; fi
+	$(BIN)/dvc add -q data/raw
+	$(BIN)/dvc repro
+	$(BIN)/dvc push -q
+	@echo; echo "Done. Reports: reports/ (validation/index.html, dedup.json, dedup_groups.png, split.json)."
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python bench/dedup_bench.py

@@ -1,0 +1,153 @@
+"""dedup: group exact (sha256) and near (perceptual hash) duplicates; quarantine label conflicts.
+
+Every usable image gets a group. A group whose images carry different labels is a label
+conflict: all its images are kept out of training and copied (never moved) to the
+quarantine folder with a CSV a clinician can fill in. Hashes are cached by file content,
+so a rerun after new images arrive hashes only the new files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from pipeline.hamming import near_pairs
+from pipeline.images import load_rgb
+from pipeline.params import Dedup, load_section
+
+HASHES = {"phash": imagehash.phash, "dhash": imagehash.dhash,
+          "ahash": imagehash.average_hash, "whash": imagehash.whash}
+
+
+def compute_hash(path: Path, kind: str, size: int) -> int:
+    """The perceptual hash of the pixels the model sees, as an integer of size**2 bits."""
+    bits = HASHES[kind](load_rgb(path), hash_size=size).hash.flatten()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big") >> (-len(bits) % 8)
+
+
+def hash_contents(paths_by_sha: dict[str, Path], params: Dedup, cache: dict[str, str]) -> tuple[dict[str, int], int]:
+    """Hash every distinct content once, reusing `cache` (updated in place). Returns hashes and how many were new."""
+    prefix, fresh, hashes = f"{params.hash}:{params.hash_size}:", 0, {}
+    for sha, path in paths_by_sha.items():
+        key = prefix + sha
+        if key not in cache:
+            cache[key] = format(compute_hash(path, params.hash, params.hash_size), "x")
+            fresh += 1
+        hashes[sha] = int(cache[key], 16)
+    return hashes, fresh
+
+
+def group_contents(hashes: dict[str, int], max_distance: int, bits: int) -> dict[str, str]:
+    """sha256 -> group id. Near duplicates are linked transitively; a group is named after its smallest sha256."""
+    shas = sorted(hashes)
+    values = np.array([hashes[s] for s in shas], dtype=np.uint64)
+    pairs = near_pairs(values, max_distance, bits)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(shas),) * 2)
+    _, component = connected_components(graph, directed=False)
+    first = {}
+    for sha, comp in zip(shas, component):  # shas are sorted, so the first seen is the smallest
+        first.setdefault(comp, sha)
+    return {sha: "g" + first[comp][:12] for sha, comp in zip(shas, component)}
+
+
+def build_groups(images: pd.DataFrame, group_of: dict[str, str]) -> pd.DataFrame:
+    """One row per usable image: its group, whether the group mixes labels, and the kept copy of its bytes.
+
+    Of identical files the shortest path is kept ("scan.jpg" over "copy of scan.jpg"), then the first by name.
+    """
+    groups = images[["path", "label", "sha256"]].sort_values("path").reset_index(drop=True)
+    groups["group_id"] = groups.sha256.map(group_of)
+    groups["conflict"] = groups.groupby("group_id").label.transform("nunique") > 1
+    by_length = groups.assign(n=groups.path.str.len()).sort_values(["n", "path"])
+    first_copy = by_length.groupby("sha256").path.transform("first").reindex(groups.index)
+    groups["duplicate_of"] = first_copy.where(first_copy != groups.path, "")
+    return groups[["path", "label", "group_id", "conflict", "sha256", "duplicate_of"]]
+
+
+def quarantine(groups: pd.DataFrame, raw_dir: Path, out_dir: Path) -> pd.DataFrame:
+    """Copy every image of a conflicting group to out_dir/<group>/ and write the re-annotation CSV."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    conflicts = groups[groups.conflict].copy()
+    copies = []
+    for row in conflicts.itertuples():
+        target = out_dir / row.group_id / f"{row.label}__{Path(row.path).name}"
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy2(raw_dir / row.path, target)
+        copies.append(target.relative_to(out_dir).as_posix())
+    sheet = conflicts[["group_id", "path", "label", "sha256"]].rename(columns={"label": "current_label"})
+    sheet["quarantined_copy"] = copies
+    sheet["correct_label"] = ""  # for the clinician; the fix is made in data/raw, never by a stage
+    sheet.to_csv(out_dir / "conflicts.csv", index=False)
+    return sheet
+
+
+def summarize(groups: pd.DataFrame, fresh: int) -> dict:
+    sizes = groups.groupby("group_id").size()
+    conflict_groups = groups[groups.conflict].group_id.nunique()
+    return {
+        "images": int(len(groups)),
+        "distinct_contents": int(groups.sha256.nunique()),
+        "exact_duplicate_images": int((groups.duplicate_of != "").sum()),
+        "groups": int(len(sizes)),
+        "duplicate_groups": int((sizes > 1).sum()),
+        "images_in_duplicate_groups": int(sizes[sizes > 1].sum()),
+        "largest_group": int(sizes.max()) if len(sizes) else 0,
+        "conflict_groups": int(conflict_groups),
+        "conflict_images": int(groups.conflict.sum()),
+        "hashed_now": fresh,
+        "hashed_from_cache": int(groups.sha256.nunique()) - fresh,
+    }
+
+
+def run(params_path: Path, raw_dir: Path, manifest_path: Path, outputs: dict[str, Path]) -> dict:
+    from pipeline.contact_sheet import draw_contact_sheet
+
+    params = load_section("dedup", params_path)
+    if params.hash not in HASHES:
+        raise SystemExit(f"dedup: unknown dedup.hash {params.hash!r} (choose from {', '.join(HASHES)})")
+    if not 2 <= params.hash_size <= 8:
+        raise SystemExit("dedup: dedup.hash_size must be 2..8 (hashes of at most 64 bits)")
+    manifest = pd.read_csv(manifest_path, keep_default_na=False)
+    images = manifest[manifest.status == "ok"]
+    cache_path = outputs["cache"]
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    paths_by_sha = {sha: raw_dir / path for sha, path in zip(images.sha256, images.path)}
+    hashes, fresh = hash_contents(paths_by_sha, params, cache)
+    groups = build_groups(images, group_contents(hashes, params.max_distance, params.hash_size ** 2))
+    for key in ("groups", "cache", "report", "sheet"):
+        outputs[key].parent.mkdir(parents=True, exist_ok=True)
+    cache_path.write_text(json.dumps(cache, sort_keys=True))
+    groups.to_csv(outputs["groups"], index=False)
+    quarantine(groups, raw_dir, outputs["quarantine"])
+    draw_contact_sheet(groups, raw_dir, params.contact_sheet_groups, outputs["sheet"])
+    summary = summarize(groups, fresh)
+    outputs["report"].write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True)
+    for name in ("groups", "cache", "quarantine", "report", "sheet"):
+        parser.add_argument(f"--{name}", type=Path, required=True)
+    args = parser.parse_args(argv)
+    outputs = {k: getattr(args, k) for k in ("groups", "cache", "quarantine", "report", "sheet")}
+    s = run(args.params, args.raw, args.manifest, outputs)
+    print(f"dedup: {s['images']} images in {s['groups']} groups; {s['duplicate_groups']} duplicate groups, "
+          f"{s['conflict_groups']} label conflicts ({s['conflict_images']} images quarantined); "
+          f"hashed {s['hashed_now']} new, {s['hashed_from_cache']} from cache")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""One way to open an image, shared by every stage.
+
+`inspect_image` says whether a file is usable and, if not, why in plain words;
+`load_rgb` gives the pixels the model sees: EXIF-oriented, 8-bit RGB.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    mode: str
+    width: int   # after EXIF orientation
+    height: int
+
+
+class UnusableImage(Exception):
+    """The file cannot be used; the message says why in words a person understands."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    """Open and fully decode, turning every library failure into a readable reason."""
+    if path.stat().st_size == 0:
+        raise UnusableImage("empty file (0 bytes)")
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            if image.width * image.height > max_pixels:
+                raise UnusableImage(
+                    f"image is {image.width}x{image.height} = {image.width * image.height:,} pixels, "
+                    f"over the {max_pixels:,} limit (possible decompression bomb)")
+            image.load()
+    except UnusableImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise UnusableImage(f"refused as a possible decompression bomb: {err}") from None
+    except UnidentifiedImageError:
+        raise UnusableImage("not a readable image (the content is not a known image format)") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UnusableImage(f"truncated or corrupt image data ({err})") from None
+    return image
+
+
+def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
+    """Decode the whole file once; raise UnusableImage with a reason if it can't be used."""
+    image = _open(path, max_pixels)
+    try:
+        oriented = ImageOps.exif_transpose(image)
+    except Exception as err:  # a broken EXIF block must not hide a good image
+        raise UnusableImage(f"unreadable EXIF orientation ({err})") from None
+    return ImageInfo(format=image.format or "", mode=image.mode,
+                     width=oriented.width, height=oriented.height)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: 16-bit and float greyscale are rescaled, alpha is flattened on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low or 1.0) * 255.0
+        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def load_rgb(path: Path, max_pixels: int = 40_000_000) -> Image.Image:
+    """The pixels every stage and the model see: EXIF-oriented 8-bit RGB."""
+    image = _open(path, max_pixels)
+    return to_rgb(ImageOps.exif_transpose(image))

@@ -1,0 +1,107 @@
+"""Typed, frozen access to params.yaml: the only home of settings.
+
+`load_params()` rejects unknown and missing keys with a message naming the key, so a
+typo in params.yaml fails the stage at once instead of silently falling back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """params.yaml does not match what the stages expect."""
+
+
+@dataclass(frozen=True)
+class Base:
+    seed: int
+    classes: tuple[str, ...]
+    positive_classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Validate:
+    formats: tuple[str, ...]
+    min_width: int
+    min_height: int
+    max_pixels: int
+    max_excluded_share: float
+    min_images_per_class: int
+
+
+@dataclass(frozen=True)
+class Dedup:
+    hash: str
+    hash_size: int
+    max_distance: int
+    contact_sheet_groups: int
+
+
+@dataclass(frozen=True)
+class Split:
+    val: float
+    test: float
+
+
+SECTIONS: dict[str, type] = {"base": Base, "validate": Validate, "dedup": Dedup, "split": Split}
+
+
+def _coerce(value, kind, where: str):
+    """Check one value against its annotation; lists become tuples so params stay frozen."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ParamsError(f"{where}: expected a list, got {value!r}")
+        (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(kind):
+            return None
+        inner = [a for a in typing.get_args(kind) if a is not type(None)][0]
+        return _coerce(value, inner, where)
+    if dataclasses.is_dataclass(kind):
+        return build(kind, value, where)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ParamsError(f"{where}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def build(cls, raw, where: str):
+    """Build dataclass `cls` from a mapping, naming any unknown or missing key."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(hints))
+    missing = sorted(set(hints) - set(raw))
+    if unknown:
+        raise ParamsError(f"unknown key {where}.{unknown[0]} (allowed: {', '.join(hints)})")
+    if missing:
+        raise ParamsError(f"missing key {where}.{missing[0]}")
+    return cls(**{k: _coerce(raw[k], hints[k], f"{where}.{k}") for k in hints})
+
+
+def load_section(name: str, path: str | Path = "params.yaml"):
+    """One section of params.yaml as its frozen dataclass."""
+    if name not in SECTIONS:
+        raise ParamsError(f"unknown params section {name!r} (known: {', '.join(SECTIONS)})")
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if name not in raw:
+        raise ParamsError(f"missing section {name!r} in {path}")
+    return build(SECTIONS[name], raw[name], name)
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    """Every section, checked; unknown top-level sections are an error too."""
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ParamsError(f"unknown params section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
+    return {name: load_section(name, path) for name in SECTIONS}

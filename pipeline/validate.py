@@ -1,0 +1,121 @@
+"""validate: walk data/raw, build the manifest, check it with a Great Expectations suite.
+
+One bad file never stops the run: it is excluded with a reason. The stage fails only when
+the suite's thresholds are breached, naming each broken expectation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.images import UnusableImage, inspect_image, sha256_file
+from pipeline.params import Base, Validate, load_section
+
+COLUMNS = ["path", "label", "sha256", "format", "mode", "width", "height", "bytes", "status", "reason"]
+
+
+class ValidationFailed(RuntimeError):
+    """The suite failed; the message names every broken expectation."""
+
+
+def list_files(raw_dir: Path) -> list[Path]:
+    """Every file under raw_dir, hidden ones included (they are reported, not ignored)."""
+    return sorted(p.relative_to(raw_dir) for p in raw_dir.rglob("*") if p.is_file())
+
+
+def precheck(rel: Path, classes: tuple[str, ...]) -> str | None:
+    """A reason to exclude the file from its place alone, before opening it."""
+    if any(part.startswith(".") for part in rel.parts):
+        return "hidden file (name starts with a dot)"
+    if len(rel.parts) < 2:
+        return "file is not inside a class folder"
+    if rel.parts[0] not in classes:
+        return f"folder '{rel.parts[0]}' is not one of the classes in params ({', '.join(classes)})"
+    return None
+
+
+def describe_file(raw_dir: Path, rel: Path, base: Base, params: Validate) -> dict:
+    """One manifest row: what the file is, and whether it can be used."""
+    path = raw_dir / rel
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(path=rel.as_posix(), label=rel.parts[0] if len(rel.parts) > 1 else "",
+               bytes=path.stat().st_size, width=0, height=0, status="excluded")
+    row["sha256"] = sha256_file(path)
+    reason = precheck(rel, base.classes)
+    if reason is None:
+        try:
+            info = inspect_image(path, params.max_pixels)
+            row.update(format=info.format, mode=info.mode, width=info.width, height=info.height)
+            reason = check_image(info.format, info.width, info.height, params)
+        except UnusableImage as err:
+            reason = str(err)
+    row.update(status="ok" if reason is None else "excluded", reason=reason or "")
+    return row
+
+
+def check_image(fmt: str, width: int, height: int, params: Validate) -> str | None:
+    if fmt not in params.formats:
+        return f"format {fmt} is not allowed (allowed: {', '.join(params.formats)})"
+    if width < params.min_width or height < params.min_height:
+        return f"image is {width}x{height}, smaller than the {params.min_width}x{params.min_height} minimum"
+    return None
+
+
+def build_manifest(raw_dir: Path, base: Base, params: Validate) -> pd.DataFrame:
+    rows = [describe_file(raw_dir, rel, base, params) for rel in list_files(raw_dir)]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def summarize(manifest: pd.DataFrame, classes: tuple[str, ...], failures: list[str]) -> dict:
+    ok = manifest[manifest.status == "ok"]
+    return {
+        "files": int(len(manifest)),
+        "ok": int(len(ok)),
+        "excluded": int((manifest.status == "excluded").sum()),
+        "per_class": {c: int((ok.label == c).sum()) for c in classes},
+        "excluded_reasons": manifest.loc[manifest.status == "excluded", "reason"]
+        .str.split(" \\(").str[0].value_counts().to_dict(),
+        "suite_success": not failures,
+        "broken_expectations": failures,
+    }
+
+
+def run(params_path: Path, raw_dir: Path, manifest_path: Path, docs_dir: Path, summary_path: Path) -> dict:
+    from pipeline.expectations import run_suite  # GE is slow to import; keep it off the pure path
+
+    base, params = load_section("base", params_path), load_section("validate", params_path)
+    if not raw_dir.is_dir():
+        raise ValidationFailed(f"{raw_dir} does not exist: put images in {raw_dir}/<class>/")
+    manifest = build_manifest(raw_dir, base, params)
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    manifest.to_csv(manifest_path, index=False)
+    failures = run_suite(manifest, base, params, docs_dir)
+    summary = summarize(manifest, base.classes, failures)
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if failures:
+        raise ValidationFailed("data validation failed:\n  - " + "\n  - ".join(failures)
+                               + f"\nsee {docs_dir / 'index.html'} and {manifest_path}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--docs", type=Path, required=True)
+    parser.add_argument("--summary", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        summary = run(args.params, args.raw, args.manifest, args.docs, args.summary)
+    except ValidationFailed as err:
+        raise SystemExit(f"validate: {err}") from None
+    print(f"validate: {summary['ok']} usable, {summary['excluded']} excluded of {summary['files']} files")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Shared fixtures: a shrunk copy of the real params, image factories, the shared data sets."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def shrink_params(tmp_path: Path, **overrides) -> Path:
+    """A copy of the real params.yaml with sections overridden: {'validate': {'min_images_per_class': 2}}."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in overrides.items():
+        params[section].update(values)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def noise_image(seed: int, size=(96, 96), mode="RGB") -> Image.Image:
+    """A distinct image: smooth random blobs (perceptual hashes of pure noise are unstable)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.Resampling.BICUBIC).convert(mode)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """path -> sha256 of every file under root, to prove a stage left it untouched."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def small_params(tmp_path):
+    return shrink_params(tmp_path, validate={"min_images_per_class": 5})
+
+
+@pytest.fixture(scope="session")
+def demo_raw(tmp_path_factory) -> Path:
+    """The bundled demo data, generated once per session (small)."""
+    from pipeline.demo import generate
+
+    out = tmp_path_factory.mktemp("demo") / "raw"
+    generate(out, per_class=30, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def isic_dir() -> Path:
+    path = SHARED / "datasets" / "isic-skin-9class-180px"
+    if not path.is_dir():
+        pytest.skip(f"real image set not found at {path} (../shared is absent on this machine)")
+    return path

@@ -1,0 +1,60 @@
+"""The three data stages on a real, messy image set (ISIC skin lesions, grouped into three classes)."""
+import shutil
+
+import pandas as pd
+import pytest
+
+from pipeline import dedup, split, validate
+from tests.conftest import shrink_params, tree_digest
+
+GROUPING = {  # the three-way grouping suggested in the data set's SOURCE.md
+    "actinic keratosis": "precancer",
+    "basal cell carcinoma": "cancer", "melanoma": "cancer", "squamous cell carcinoma": "cancer",
+    "dermatofibroma": "benign", "nevus": "benign", "pigmented benign keratosis": "benign",
+    "seborrheic keratosis": "benign", "vascular lesion": "benign",
+}
+
+
+@pytest.fixture(scope="module")
+def isic_raw(isic_dir, tmp_path_factory):
+    raw = tmp_path_factory.mktemp("isic") / "raw"
+    for image in isic_dir.glob("*/*/*.jpg"):
+        folder, source_class = image.parent.parent.name, image.parent.name
+        target = raw / GROUPING[source_class] / f"{folder} {source_class} {image.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(image, target)
+    return raw
+
+
+def test_validate_dedup_split_guarantees(isic_raw, isic_dir, tmp_path):
+    shared_before, raw_before = tree_digest(isic_dir), tree_digest(isic_raw)
+    params = shrink_params(tmp_path, base={"classes": ["benign", "precancer", "cancer"]})
+    out = tmp_path / "out"
+    summary = validate.run(params, isic_raw, out / "manifest.csv", out / "docs", out / "validation.json")
+    assert summary["ok"] == len(raw_before)  # all real images are readable and large enough
+    paths = {k: out / v for k, v in {"groups": "groups.csv", "cache": "cache.json", "quarantine": "q",
+                                     "report": "dedup.json", "sheet": "sheet.png"}.items()}
+    report = dedup.run(params, isic_raw, out / "manifest.csv", paths)
+    split.run(params, paths["groups"], out / "split.csv", out / "split.json")
+
+    groups = pd.read_csv(paths["groups"], keep_default_na=False)
+    groups["conflict"] = groups.conflict.astype(str) == "True"
+    splits = pd.read_csv(out / "split.csv", keep_default_na=False)
+    manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
+
+    # identical bytes always share a group, wherever the set filed them (Train/Test, two classes)
+    assert (groups.groupby("sha256").group_id.nunique() == 1).all()
+    assert report["exact_duplicate_images"] == int(manifest.sha256.duplicated().sum())
+    # a group never straddles two splits
+    assert (splits.groupby("group_id").split.nunique() == 1).all()
+    # label conflicts are kept out of every split, and copied for re-annotation
+    conflicted = set(groups[groups.conflict].path)
+    assert conflicted.isdisjoint(splits.path)
+    assert report["conflict_images"] == len(conflicted)
+    quarantined = pd.read_csv(paths["quarantine"] / "conflicts.csv")
+    assert set(quarantined.path) == conflicted
+    # one copy of each content is trained on; every class reaches every split
+    assert not splits.path.isin(groups[groups.duplicate_of != ""].path).any()
+    assert splits.groupby("label").split.nunique().eq(3).all()
+    # nothing under the raw folder or the shared set was touched
+    assert tree_digest(isic_raw) == raw_before and tree_digest(isic_dir) == shared_before

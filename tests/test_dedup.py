@@ -1,0 +1,102 @@
+import json
+
+import pandas as pd
+from PIL import Image, ImageEnhance
+
+from pipeline.dedup import build_groups, compute_hash, group_contents, run
+from tests.conftest import noise_image, tree_digest
+
+
+def distance(a: int, b: int) -> int:
+    return bin(a ^ b).count("1")
+
+
+def test_hash_identical_near_and_distinct(tmp_path):
+    noise_image(1, (160, 160)).save(tmp_path / "a.png")
+    noise_image(1, (160, 160)).save(tmp_path / "same.png")
+    near = ImageEnhance.Brightness(noise_image(1, (160, 160))).enhance(1.05).resize((140, 140))
+    near.save(tmp_path / "near.jpg", quality=75)
+    noise_image(2, (160, 160)).save(tmp_path / "other.png")
+    h = {p: compute_hash(tmp_path / p, "phash", 8) for p in ("a.png", "same.png", "near.jpg", "other.png")}
+    assert h["a.png"] == h["same.png"]
+    assert distance(h["a.png"], h["near.jpg"]) <= 6
+    assert distance(h["a.png"], h["other.png"]) > 12
+
+
+def test_hash_is_computed_on_oriented_rgb_pixels(tmp_path):
+    noise_image(3, (120, 90)).save(tmp_path / "a.png")
+    noise_image(3, (120, 90)).convert("RGBA").save(tmp_path / "rgba.png")
+    assert compute_hash(tmp_path / "a.png", "dhash", 8) == compute_hash(tmp_path / "rgba.png", "dhash", 8)
+
+
+def test_groups_are_transitive_and_named_by_smallest_member():
+    group_of = group_contents({"c": 0b0, "a": 0b11, "b": 0b1111, "z": 2**63 - 1}, max_distance=2, bits=64)
+    assert group_of["a"] == group_of["b"] == group_of["c"] == "ga"  # c~a and a~b link c to b
+    assert group_of["z"] == "gz"
+
+
+def test_conflicts_and_exact_copies():
+    images = pd.DataFrame({"path": ["n/1.jpg", "c/1.jpg", "n/2.jpg", "n/2 copy.jpg", "n/3.jpg"],
+                           "label": ["n", "c", "n", "n", "n"],
+                           "sha256": ["s1", "s1", "s2", "s2", "s3"]})
+    groups = build_groups(images, {"s1": "g1", "s2": "g2", "s3": "g3"}).set_index("path")
+    assert groups.loc["n/1.jpg", "conflict"] and groups.loc["c/1.jpg", "conflict"]
+    assert not groups.loc["n/2.jpg", "conflict"]
+    assert groups.loc["n/2 copy.jpg", "group_id"] == groups.loc["n/2.jpg", "group_id"] == "g2"
+    assert groups.loc["n/2.jpg", "duplicate_of"] == ""
+    assert groups.loc["n/2 copy.jpg", "duplicate_of"] == "n/2.jpg"
+
+
+def outputs(tmp_path):
+    out = tmp_path / "out"
+    return {"groups": out / "groups.csv", "cache": out / "cache.json", "quarantine": out / "quarantine",
+            "report": out / "dedup.json", "sheet": out / "sheet.png"}
+
+
+def test_stage_on_demo_data(tmp_path, demo_raw, small_params):
+    from pipeline.validate import run as validate
+
+    before = tree_digest(demo_raw)
+    manifest = tmp_path / "manifest.csv"
+    validate(small_params, demo_raw, manifest, tmp_path / "docs", tmp_path / "v.json")
+    out = outputs(tmp_path)
+    summary = run(small_params, demo_raw, manifest, out)
+    groups = pd.read_csv(out["groups"], keep_default_na=False)
+    ok = pd.read_csv(manifest, keep_default_na=False).query("status == 'ok'")
+    assert sorted(groups.path) == sorted(ok.path)  # every usable image has a group
+    assert summary["exact_duplicate_images"] == 3 + 1  # three copies plus the one filed twice
+    assert summary["conflict_groups"] == 1 and summary["conflict_images"] == 2
+    conflict = groups[groups.conflict.astype(str) == "True"]
+    assert set(conflict.path) == {"cancer/referral 2023-114.jpg", "normal/normal_003.jpg"}
+    sheet = pd.read_csv(out["quarantine"] / "conflicts.csv", keep_default_na=False)
+    assert set(sheet.path) == set(conflict.path) and "correct_label" in sheet.columns
+    for copy in sheet.quarantined_copy:
+        assert (out["quarantine"] / copy).is_file()
+    near = groups[groups.path.str.contains("rescan")]
+    for row in near.itertuples():  # every re-encoded scan joins its original
+        original = row.path.replace("_rescan.jpg", ".jpg").replace(".jpg", "")
+        assert (groups[groups.path.str.startswith(original)].group_id == row.group_id).sum() >= 2
+    assert Image.open(out["sheet"]).size[0] > 0
+    assert tree_digest(demo_raw) == before  # copied, never moved
+
+
+def test_rerun_hashes_only_new_images(tmp_path, small_params):
+    from pipeline.validate import run as validate
+
+    raw = tmp_path / "raw"
+    for label in ("normal", "precancer", "cancer"):
+        (raw / label).mkdir(parents=True)
+        for i in range(5):
+            noise_image(hash((label, i)) % 100_000).save(raw / label / f"{i}.png")
+    out = outputs(tmp_path)
+
+    def stage():
+        validate(small_params, raw, tmp_path / "m.csv", tmp_path / "docs", tmp_path / "v.json")
+        return run(small_params, raw, tmp_path / "m.csv", out)
+
+    assert stage()["hashed_now"] == 15
+    assert stage()["hashed_now"] == 0
+    noise_image(999).save(raw / "cancer" / "new.png")
+    second = stage()
+    assert (second["hashed_now"], second["hashed_from_cache"]) == (1, 15)
+    assert len(json.loads(out["cache"].read_text())) == 16
