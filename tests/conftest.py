@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,21 @@ def isic_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real image set not found at {path} (../shared is absent on this machine)")
     return path
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch) -> Path:
+    """A writable Keras cache holding the shared ImageNet weights (KERAS_HOME), with downloads refused."""
+    source = SHARED / "weights" / "keras"
+    if not source.is_dir():
+        pytest.skip(f"shared ImageNet weights not found at {source}")
+    home = tmp_path / "keras_home"
+    shutil.copytree(source, home)
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    from keras.src.utils import file_utils
+
+    def no_download(*args, **kwargs):
+        raise OSError("downloads are disabled in tests")
+
+    monkeypatch.setattr(file_utils, "get_file", no_download)
+    return home
