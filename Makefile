@@ -10,6 +10,8 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := False
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Keras looks for ImageNet weights in $KERAS_HOME/models; the demo seeds it from ../shared/weights.
+export KERAS_HOME ?= $(CURDIR)/.keras
 
 .PHONY: install demo test bench clean-demo
 
@@ -24,10 +26,12 @@ install: $(VENV)/.installed
 
 demo: install
 	@if [ -z "$$(ls -A data/raw 2>/dev/null)" ]; then $(BIN)/python -m pipeline.demo --out data/raw; fi
+	@if [ -d "$(SHARED)/weights/keras/models" ]; then mkdir -p "$(KERAS_HOME)/models" && \
+		cp -n "$(SHARED)"/weights/keras/models/*.h5 "$(KERAS_HOME)/models/"; fi
 	$(BIN)/dvc add -q data/raw
 	$(BIN)/dvc repro
 	$(BIN)/dvc push -q
-	@echo; echo "Done. Reports: reports/ (validation/index.html, dedup.json, dedup_groups.png, split.json)."
+	@echo; echo "Done. Reports in reports/; runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
 test: install
 	$(BIN)/python -m pytest

@@ -88,3 +88,11 @@ def load_rgb(path: Path, max_pixels: int = 40_000_000) -> Image.Image:
     """The pixels every stage and the model see: EXIF-oriented 8-bit RGB."""
     image = _open(path, max_pixels)
     return to_rgb(ImageOps.exif_transpose(image))
+
+
+def load_batch(paths: list[Path], size: int) -> np.ndarray:
+    """uint8 array (n, size, size, 3): the model's input contract (RGB, 0..255, squashed to a square)."""
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        out[i] = np.asarray(load_rgb(path).resize((size, size), Image.Resampling.BILINEAR))
+    return out

@@ -134,14 +134,24 @@ def build_base(name: str, weights: str, size: int | None = None, alpha: float = 
             f"the architecture's weights to a file path, or to 'none' to train from random weights.") from None
 
 
+@dataclass
+class Parts:
+    """The assembled model and its pieces, which training reuses to cache what is frozen."""
+    model: object
+    prep: list
+    base: object
+    head: list
+
+
 def build_model(name: str, n_classes: int, weights: str, size: int | None = None, alpha: float = 1.0,
-                dropout: float = 0.0, l2: float = 0.0, seed: int = 0):
-    """Raw RGB pixels in, class probabilities out. Returns (model, base, head) so training can reuse parts."""
+                dropout: float = 0.0, l2: float = 0.0, seed: int = 0) -> Parts:
+    """Raw RGB pixels (0..255) in, class probabilities out."""
     import keras
 
     arch = get_arch(name)
     size = size or arch.size
     base = build_base(name, weights, size, alpha, seed)
+    prep = preprocessing_layers(arch.preprocess)
     head = [keras.layers.GlobalAveragePooling2D(name="pool"),
             keras.layers.Dropout(dropout, seed=seed, name="dropout"),
             keras.layers.Dense(n_classes, activation="softmax", name="classes",
@@ -149,9 +159,9 @@ def build_model(name: str, n_classes: int, weights: str, size: int | None = None
                                kernel_initializer=keras.initializers.GlorotUniform(seed))]
     inputs = keras.Input((size, size, 3), name="image")
     x = inputs
-    for layer in preprocessing_layers(arch.preprocess):
+    for layer in prep:
         x = layer(x)
     x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
     for layer in head:
         x = layer(x)
-    return keras.Model(inputs, x, name=name), base, head
+    return Parts(keras.Model(inputs, x, name=name), prep, base, head)

@@ -49,12 +49,62 @@ class Split:
     test: float
 
 
-SECTIONS: dict[str, type] = {"base": Base, "validate": Validate, "dedup": Dedup, "split": Split}
+@dataclass(frozen=True)
+class Augment:
+    target_per_class: int | None  # train images per class after augmentation; null: the largest class
+    rotation: float               # degrees
+    width_shift: float            # fraction of the width
+    height_shift: float
+    shear: float                  # degrees
+    zoom: float                   # fraction
+    horizontal_flip: bool
+    brightness: tuple[float, ...]  # [low, high] factor
+
+
+@dataclass(frozen=True)
+class Architecture:
+    weights: str                  # imagenet | none | path to a weights file
+    alpha: float = 1.0            # MobileNetV2 width multiplier
+    image_size: int | None = None  # null: the architecture's default
+
+
+@dataclass(frozen=True)
+class Train:
+    architectures: dict[str, Architecture]
+    experiment: str
+    batch_size: int
+    head_epochs: int
+    head_learning_rate: float
+    finetune_epochs: int
+    finetune_learning_rate: float
+    finetune_layers: int
+    dropout: float
+    l2: float
+    class_weights: bool
+    early_stopping_patience: int
+    reduce_lr_patience: int
+    reduce_lr_factor: float
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    select_by: str
+    bootstrap: int
+    calibration_bins: int
+
+
+SECTIONS: dict[str, type] = {"base": Base, "validate": Validate, "dedup": Dedup, "split": Split,
+                             "augment": Augment, "train": Train, "evaluate": Evaluate}
 
 
 def _coerce(value, kind, where: str):
     """Check one value against its annotation; lists become tuples so params stay frozen."""
     origin = typing.get_origin(kind)
+    if origin is dict:
+        if not isinstance(value, dict) or not value:
+            raise ParamsError(f"{where}: expected a non-empty mapping, got {value!r}")
+        _, item = typing.get_args(kind)
+        return {str(k): _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list):
             raise ParamsError(f"{where}: expected a list, got {value!r}")
@@ -80,12 +130,14 @@ def build(cls, raw, where: str):
         raise ParamsError(f"{where}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(hints))
-    missing = sorted(set(hints) - set(raw))
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(raw))
     if unknown:
         raise ParamsError(f"unknown key {where}.{unknown[0]} (allowed: {', '.join(hints)})")
     if missing:
         raise ParamsError(f"missing key {where}.{missing[0]}")
-    return cls(**{k: _coerce(raw[k], hints[k], f"{where}.{k}") for k in hints})
+    return cls(**{k: _coerce(raw[k], hints[k], f"{where}.{k}") for k in hints if k in raw})
 
 
 def load_section(name: str, path: str | Path = "params.yaml"):

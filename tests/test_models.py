@@ -10,7 +10,7 @@ TINY = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}  # the small
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_forward_pass_on_tiny_input(name):
     size = TINY.get(name, 32)
-    model, _, _ = build_model(name, 3, weights="none", size=size, alpha=0.35 if name == "MobileNetV2" else 1.0)
+    model = build_model(name, 3, weights="none", size=size, alpha=0.35 if name == "MobileNetV2" else 1.0).model
     probs = model.predict(np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32"), verbose=0)
     assert probs.shape == (2, 3)
     assert np.allclose(probs.sum(1), 1, atol=1e-5)
@@ -41,7 +41,7 @@ def test_missing_weights_file_is_named(tmp_path):
 def test_imagenet_weights_load_offline_from_the_shared_cache(keras_home):
     path = resolve_weights("MobileNetV2", "imagenet", 224, 0.35)
     assert path.endswith("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5")
-    model, base, _ = build_model("MobileNetV2", 3, weights="imagenet", alpha=0.35)
+    base = build_model("MobileNetV2", 3, weights="imagenet", alpha=0.35).base
     import h5py
     with h5py.File(path) as f:  # the first conv kernel really came from the file
         kernel = f["Conv1"]["Conv1"]["kernel"][()]

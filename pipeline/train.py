@@ -1,0 +1,257 @@
+"""train@<arch>: transfer learning in two phases, every run logged to MLflow.
+
+Phase 1 trains the head on the frozen base; phase 2 unfreezes the top `finetune_layers`
+layers of the base at a lower learning rate. A frozen layer computes the same output for
+the same image every epoch (augmentation is offline and BatchNorm runs in inference mode),
+so the frozen part runs once per image and its output is cached; only the trainable part
+trains, on the cache. `fit_plain` is the ordinary `model.fit` it is tested against.
+An architecture with `weights: none` has nothing frozen and trains end to end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.images import load_batch
+from pipeline.models import Parts, build_model, get_arch
+from pipeline.params import Train, load_section
+
+CHUNK = 128  # images pushed through the frozen part at once (bounds memory)
+
+
+def read_sets(raw: Path, augmented: Path, split_csv: Path, augmented_csv: Path, classes) -> dict:
+    """Paths and class indices of the train set (with its augmented images) and the val set."""
+    split = pd.read_csv(split_csv, keep_default_na=False)
+    extra = pd.read_csv(augmented_csv, keep_default_na=False)
+    index = {c: i for i, c in enumerate(classes)}
+    train, val = split[split.split == "train"], split[split.split == "val"]
+    return {"train": ([raw / p for p in train.path] + [augmented / p for p in extra.path],
+                      np.array([index[c] for c in list(train.label) + list(extra.label)])),
+            "val": ([raw / p for p in val.path], np.array([index[c] for c in val.label]))}
+
+
+def class_weights(y: np.ndarray, n: int) -> dict[int, float]:
+    counts = np.bincount(y, minlength=n)
+    return {i: float(len(y) / (n * c)) for i, c in enumerate(counts) if c}
+
+
+def find_cut(base, n_layers: int) -> int:
+    """Index of the last frozen layer: at least n_layers above it, and one tensor crossing the cut."""
+    import keras
+
+    for cut in range(len(base.layers) - 1 - n_layers, 0, -1):
+        try:
+            keras.Model(base.layers[cut].output, base.output)
+            return cut
+        except ValueError:  # a skip connection crosses here: the top would need a second input
+            continue
+    return 0
+
+
+def set_trainable(base, cut: int) -> None:
+    """Unfreeze layers above `cut`; BatchNorm layers stay frozen (small data, inference statistics)."""
+    import keras
+
+    base.trainable = True
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i > cut and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def callbacks(params: Train, log) -> list:
+    import keras
+
+    return [keras.callbacks.EarlyStopping("val_loss", patience=params.early_stopping_patience, restore_best_weights=True),
+            keras.callbacks.ReduceLROnPlateau("val_loss", factor=params.reduce_lr_factor,
+                                              patience=params.reduce_lr_patience, min_lr=1e-7),
+            keras.callbacks.LambdaCallback(on_epoch_end=log)]
+
+
+def compile_fit(model, x, y, val, params: Train, lr: float, epochs: int, weights, log):
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model.fit(x, y, validation_data=val, epochs=epochs, batch_size=params.batch_size,
+                     class_weight=weights, shuffle=True, verbose=0, callbacks=callbacks(params, log))
+
+
+def run_chunked(fn, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(fn(x[i:i + CHUNK])) for i in range(0, len(x), CHUNK)])
+
+
+def stack(layers, x):
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+def fit_cached(parts: Parts, data: dict, params: Train, weights, log) -> None:
+    """Both phases, with the frozen part computed once per image."""
+    import keras
+
+    model, base, head = parts.model, parts.base, parts.head
+    (x, y), (xv, yv) = data["train"], data["val"]
+    base.trainable = False
+    extract = keras.Model(model.input, model.get_layer("pool").output)
+    f, fv = (run_chunked(lambda b: extract(b, training=False), a) for a in (x, xv))
+    features = keras.Input(f.shape[1:])
+    compile_fit(keras.Model(features, stack(head[1:], features)), f, y, (fv, yv),
+                params, params.head_learning_rate, params.head_epochs, weights, log("head"))
+    if params.finetune_epochs <= 0 or params.finetune_layers <= 0:
+        return
+    cut = find_cut(base, params.finetune_layers)
+    bottom = keras.Model(base.input, base.layers[cut].output)
+    top = keras.Model(base.layers[cut].output, base.output)
+    a, av = (run_chunked(lambda b: bottom(stack(parts.prep, b), training=False), z) for z in (x, xv))
+    set_trainable(base, cut)
+    cached = keras.Input(a.shape[1:])
+    out = stack(head, top(cached, training=False))
+    compile_fit(keras.Model(cached, out), a, y, (av, yv),
+                params, params.finetune_learning_rate, params.finetune_epochs, weights, log("finetune"))
+
+
+def fit_plain(parts: Parts, data: dict, params: Train, weights, log) -> None:
+    """The same two phases with plain `model.fit` on images: the reference for fit_cached."""
+    model, base = parts.model, parts.base
+    (x, y), val = data["train"], data["val"]
+    base.trainable = False
+    compile_fit(model, x, y, val, params, params.head_learning_rate, params.head_epochs, weights, log("head"))
+    if params.finetune_epochs <= 0 or params.finetune_layers <= 0:
+        return
+    set_trainable(base, find_cut(base, params.finetune_layers))
+    compile_fit(model, x, y, val, params, params.finetune_learning_rate, params.finetune_epochs, weights, log("finetune"))
+
+
+def fit_scratch(parts: Parts, data: dict, params: Train, weights, log) -> None:
+    """Nothing is pretrained, so nothing is frozen: the whole network trains in one phase."""
+    parts.base.trainable = True
+    (x, y), val = data["train"], data["val"]
+    compile_fit(parts.model, x, y, val, params, params.head_learning_rate,
+                params.head_epochs + params.finetune_epochs, weights, log("scratch"))
+
+
+class History:
+    """Per-epoch metrics across both phases, mirrored to the active MLflow run."""
+
+    def __init__(self, mlflow=None):
+        self.rows, self.mlflow = [], mlflow
+
+    def __call__(self, phase: str):
+        def log(epoch, logs):
+            row = {"step": len(self.rows), "phase": phase, "epoch": epoch, **{k: float(v) for k, v in logs.items()}}
+            self.rows.append(row)
+            if self.mlflow:
+                self.mlflow.log_metrics({k: v for k, v in row.items() if k not in ("step", "phase", "epoch")},
+                                        step=row["step"])
+        return log
+
+
+def log_run_params(mlflow, name: str, spec, size: int, params: Train, seed: int, data: dict) -> None:
+    resolved = {k: v for k, v in vars(params).items() if k != "architectures"}
+    mlflow.log_params({"architecture": name, "weights": spec.weights, "alpha": spec.alpha, "image_size": size,
+                       "seed": seed, "train_images": len(data["train"][1]), "val_images": len(data["val"][1]),
+                       **resolved})
+
+
+def log_validation(mlflow, model, data: dict, classes, out_dir: Path) -> dict:
+    """Validation accuracy and confusion matrix (PNG and JSON) of the assembled model, on images."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from pipeline.reporting import confusion, write_confusion_json, write_confusion_png
+
+    xv, yv = data["val"]
+    pred = model.predict(xv, batch_size=CHUNK, verbose=0).argmax(1)
+    matrix = confusion(yv, pred, len(classes))
+    write_confusion_png(matrix, classes, f"{model.name}: validation", out_dir / "val_confusion.png")
+    write_confusion_json(yv, pred, classes, out_dir / "val_confusion.json")
+    (out_dir / "val_confusion_matrix.json").write_text(json.dumps({"classes": list(classes), "matrix": matrix.tolist()}))
+    for f in ("val_confusion.png", "val_confusion.json", "val_confusion_matrix.json"):
+        mlflow.log_artifact(str(out_dir / f))
+    scores = {"val_accuracy_final": float((pred == yv).mean()),
+              "val_balanced_accuracy": float(balanced_accuracy_score(yv, pred))}
+    mlflow.log_metrics(scores)
+    return scores
+
+
+def log_model(mlflow, model, sample: np.ndarray) -> None:
+    import keras
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(sample, model.predict(sample, verbose=0))
+    # mlflow.keras.log_model writes the input example before creating its folder (MLflow 3.17): use the
+    # tensorflow flavor, which saves Keras 3 models in the same .keras format.
+    mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=sample,
+                           pip_requirements=[f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}"])
+
+
+def run(params_path: Path, name: str, inputs: dict[str, Path], out_dir: Path, metrics_path: Path) -> dict:
+    import keras
+    import mlflow
+    import tensorflow as tf
+
+    from pipeline import tracking
+
+    base_p, params = load_section("base", params_path), load_section("train", params_path)
+    if name not in params.architectures:
+        raise SystemExit(f"train: {name} is not in train.architectures ({', '.join(params.architectures)})")
+    spec, size = params.architectures[name], params.architectures[name].image_size or get_arch(name).size
+    keras.utils.set_random_seed(base_p.seed)
+    tf.config.experimental.enable_op_determinism()
+    parts = build_model(name, len(base_p.classes), spec.weights, size, spec.alpha, params.dropout, params.l2, base_p.seed)
+    sets = read_sets(inputs["raw"], inputs["augmented"], inputs["split"], inputs["augmented_csv"], base_p.classes)
+    data = {k: (load_batch(paths, size), y) for k, (paths, y) in sets.items()}
+    weights = class_weights(data["train"][1], len(base_p.classes)) if params.class_weights else None
+    experiment = tracking.setup(params.experiment)
+    lineage = {"data_version": tracking.data_version(), "git_commit": tracking.git_commit()}
+    key = tracking.pipeline_key(inputs["split"], inputs["augmented_csv"], params_section=repr(params))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with mlflow.start_run(run_id=tracking.parent_run(experiment, key, lineage)) as parent, \
+            mlflow.start_run(run_name=name, nested=True, tags={"architecture": name, **lineage}) as child:
+        log_run_params(mlflow, name, spec, size, params, base_p.seed, data)
+        history, start = History(mlflow), time.perf_counter()
+        fit = fit_scratch if spec.weights == "none" else fit_cached
+        fit(parts, data, params, weights, history)
+        seconds = time.perf_counter() - start
+        parts.model.save(out_dir / "model.keras")
+        pd.DataFrame(history.rows).to_csv(out_dir / "history.csv", index=False)
+        summary = {"training_seconds": round(seconds, 2), "epochs": len(history.rows),
+                   "params": int(parts.model.count_params()),
+                   "trainable_params": int(sum(np.prod(w.shape) for w in parts.model.trainable_weights)),
+                   "model_bytes": (out_dir / "model.keras").stat().st_size,
+                   **log_validation(mlflow, parts.model, data, base_p.classes, out_dir)}
+        mlflow.log_metrics({k: v for k, v in summary.items() if k != "epochs"})
+        mlflow.log_artifact(str(out_dir / "history.csv"))
+        log_model(mlflow, parts.model, data["val"][0][:1].astype("float32"))
+        info = {"architecture": name, "run_id": child.info.run_id, "parent_run_id": parent.info.run_id,
+                "experiment_id": experiment, "image_size": size, "classes": list(base_p.classes), **lineage}
+    (out_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return {**summary, **info}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pipeline.models import WeightsUnavailable
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--arch", required=True)
+    for flag in ("raw", "augmented", "split", "augmented-csv", "out", "metrics"):
+        parser.add_argument(f"--{flag}", type=Path, required=True)
+    args = parser.parse_args(argv)
+    inputs = {"raw": args.raw, "augmented": args.augmented, "split": args.split, "augmented_csv": args.augmented_csv}
+    try:
+        s = run(args.params, args.arch, inputs, args.out, args.metrics)
+    except (WeightsUnavailable, ValueError) as err:
+        raise SystemExit(f"train@{args.arch}: {err}") from None
+    print(f"train@{args.arch}: val balanced accuracy {s['val_balanced_accuracy']:.3f} "
+          f"in {s['training_seconds']:.0f}s ({s['epochs']} epochs); MLflow run {s['run_id']}")
+
+
+if __name__ == "__main__":
+    main()
