@@ -39,3 +39,4 @@ test: install
 bench: install
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/dedup_bench.py
+	$(BIN)/python bench/train_bench.py

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +35,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
-    """Open and fully decode, turning every library failure into a readable reason."""
-    if path.stat().st_size == 0:
+def _open(source: Path | bytes, max_pixels: int) -> Image.Image:
+    """Open and fully decode a file or bytes, turning every library failure into a readable reason."""
+    size = len(source) if isinstance(source, bytes) else source.stat().st_size
+    if size == 0:
         raise UnusableImage("empty file (0 bytes)")
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             if image.width * image.height > max_pixels:
                 raise UnusableImage(
                     f"image is {image.width}x{image.height} = {image.width * image.height:,} pixels, "
@@ -84,15 +86,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(path: Path, max_pixels: int = 40_000_000) -> Image.Image:
-    """The pixels every stage and the model see: EXIF-oriented 8-bit RGB."""
-    image = _open(path, max_pixels)
+def load_rgb(source: Path | bytes, max_pixels: int = 40_000_000) -> Image.Image:
+    """The pixels every stage and the model see: EXIF-oriented 8-bit RGB (from a file or bytes)."""
+    image = _open(source, max_pixels)
     return to_rgb(ImageOps.exif_transpose(image))
 
 
+def model_input(source: Path | bytes, size: int) -> np.ndarray:
+    """One image as the model takes it: RGB, 0..255, squashed to size x size with bilinear resampling."""
+    return np.asarray(load_rgb(source).resize((size, size), Image.Resampling.BILINEAR))
+
+
 def load_batch(paths: list[Path], size: int) -> np.ndarray:
-    """uint8 array (n, size, size, 3): the model's input contract (RGB, 0..255, squashed to a square)."""
+    """uint8 array (n, size, size, 3): the model's input contract."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     for i, path in enumerate(paths):
-        out[i] = np.asarray(load_rgb(path).resize((size, size), Image.Resampling.BILINEAR))
+        out[i] = model_input(path, size)
     return out

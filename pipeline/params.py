@@ -93,8 +93,35 @@ class Evaluate:
     calibration_bins: int
 
 
+@dataclass(frozen=True)
+class Export:
+    min_top1_agreement: dict[str, float]    # per variant: float32, dynamic_range, float16
+    max_probability_diff: dict[str, float]
+    latency_repeats: int
+
+
+@dataclass(frozen=True)
+class Register:
+    model_name: str
+    tolerance: float                        # the new model may trail the champion by this much on select_by
+    min_sensitivity: dict[str, float]       # clinical gates: class -> minimum test recall
+
+
+@dataclass(frozen=True)
+class Flow:
+    cron: str                       # nightly retraining schedule
+    check_interval_seconds: int     # how often the on-new-data deployment looks at data/raw
+    quiet_seconds: int              # files must have stopped arriving this long before a run starts
+    commit: bool                    # commit data/raw.dvc, dvc.lock and reports after a successful run
+    push: bool                      # push data and outputs to the DVC remote
+    lock_timeout_seconds: int       # how long a second run on the same workspace waits (0: exits at once)
+    retries: int                    # for tasks that touch remote services (DVC remote, MLflow registry)
+    retry_delay_seconds: int
+
+
 SECTIONS: dict[str, type] = {"base": Base, "validate": Validate, "dedup": Dedup, "split": Split,
-                             "augment": Augment, "train": Train, "evaluate": Evaluate}
+                             "augment": Augment, "train": Train, "evaluate": Evaluate,
+                             "export": Export, "register": Register, "flow": Flow}
 
 
 def _coerce(value, kind, where: str):

@@ -79,38 +79,49 @@ def compile_fit(model, x, y, val, params: Train, lr: float, epochs: int, weights
                      class_weight=weights, shuffle=True, verbose=0, callbacks=callbacks(params, log))
 
 
-def run_chunked(fn, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(x[i:i + CHUNK])) for i in range(0, len(x), CHUNK)])
-
-
 def stack(layers, x):
     for layer in layers:
         x = layer(x)
     return x
 
 
-def fit_cached(parts: Parts, data: dict, params: Train, weights, log) -> None:
-    """Both phases, with the frozen part computed once per image."""
+def split_base(parts: Parts, cut: int | None):
+    """front: pixels -> activations at the cut (frozen, run once); top: activations -> base output, or None."""
     import keras
 
-    model, base, head = parts.model, parts.base, parts.head
+    base, pixels = parts.base, keras.Input(parts.model.input.shape[1:])
+    if cut is None:
+        return keras.Model(pixels, base(stack(parts.prep, pixels), training=False)), None
+    bottom = keras.Model(base.input, base.layers[cut].output)
+    front = keras.Model(pixels, bottom(stack(parts.prep, pixels), training=False))
+    return front, keras.Model(base.layers[cut].output, base.output)
+
+
+def fit_cached(parts: Parts, data: dict, params: Train, weights, log) -> None:
+    """Both phases, with everything frozen computed once per image.
+
+    The frozen bottom runs once (compiled predict) up to the fine-tuning cut; phase 1 gets its
+    features by running only the small top on those activations, phase 2 trains the top on them.
+    """
+    import keras
+
+    base, head = parts.base, parts.head
     (x, y), (xv, yv) = data["train"], data["val"]
+    finetune = params.finetune_epochs > 0 and params.finetune_layers > 0
+    cut = find_cut(base, params.finetune_layers) if finetune else None
     base.trainable = False
-    extract = keras.Model(model.input, model.get_layer("pool").output)
-    f, fv = (run_chunked(lambda b: extract(b, training=False), a) for a in (x, xv))
+    front, top = split_base(parts, cut)
+    a, av = (front.predict(z, batch_size=CHUNK, verbose=0) for z in (x, xv))
+    cached = keras.Input(a.shape[1:])
+    pooled = keras.Model(cached, head[0](top(cached, training=False) if top else cached))
+    f, fv = (pooled.predict(z, batch_size=CHUNK, verbose=0) for z in (a, av))
     features = keras.Input(f.shape[1:])
     compile_fit(keras.Model(features, stack(head[1:], features)), f, y, (fv, yv),
                 params, params.head_learning_rate, params.head_epochs, weights, log("head"))
-    if params.finetune_epochs <= 0 or params.finetune_layers <= 0:
+    if not finetune:
         return
-    cut = find_cut(base, params.finetune_layers)
-    bottom = keras.Model(base.input, base.layers[cut].output)
-    top = keras.Model(base.layers[cut].output, base.output)
-    a, av = (run_chunked(lambda b: bottom(stack(parts.prep, b), training=False), z) for z in (x, xv))
     set_trainable(base, cut)
-    cached = keras.Input(a.shape[1:])
-    out = stack(head, top(cached, training=False))
-    compile_fit(keras.Model(cached, out), a, y, (av, yv),
+    compile_fit(keras.Model(cached, stack(head, top(cached, training=False))), a, y, (av, yv),
                 params, params.finetune_learning_rate, params.finetune_epochs, weights, log("finetune"))
 
 

@@ -1,0 +1,101 @@
+"""Training speed: the project's cached two-phase training against plain `model.fit`.
+
+On ../shared/datasets/isic-skin-9class-180px grouped into benign / precancer / cancer, runs
+the real validate -> dedup -> split -> augment stages, then trains the same architecture with
+the same params, seed, epochs and augmented images twice: `fit_cached` and `fit_plain`.
+Prints wall time and test balanced accuracy side by side.
+Run: `KERAS_HOME=... python bench/train_bench.py [--arch MobileNetV2]` (see `make bench`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pipeline import augment, dedup, split, validate  # noqa: E402
+from pipeline.images import load_batch  # noqa: E402
+from pipeline.models import build_model  # noqa: E402
+from pipeline.params import load_section  # noqa: E402
+from pipeline.train import History, class_weights, fit_cached, fit_plain, read_sets  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "datasets" / "isic-skin-9class-180px"
+GROUPING = {"actinic keratosis": "precancer", "basal cell carcinoma": "cancer", "melanoma": "cancer",
+            "squamous cell carcinoma": "cancer"}  # everything else is benign
+
+
+def prepare(work: Path) -> Path:
+    raw = work / "raw"
+    for image in DATA.glob("*/*/*.jpg"):
+        target = raw / GROUPING.get(image.parent.name, "benign") / f"{image.parent.parent.name} {image.parent.name} {image.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(image, target)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base"]["classes"] = ["benign", "precancer", "cancer"]
+    params["augment"]["target_per_class"] = None
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    p, out = work / "params.yaml", work / "out"
+    validate.run(p, raw, out / "manifest.csv", out / "docs", out / "v.json")
+    paths = {k: out / v for k, v in {"groups": "g.csv", "cache": "c.json", "quarantine": "q", "report": "d.json",
+                                     "sheet": "s.png"}.items()}
+    dedup.run(p, raw, out / "manifest.csv", paths)
+    split.run(p, paths["groups"], out / "split.csv", out / "split.json")
+    augment.run(p, raw, out / "split.csv", out / "aug", out / "aug.csv")
+    return p
+
+
+def one(mode: str, fit, arch: str, spec, data, test, params, base, size) -> dict:
+    import keras
+    from sklearn.metrics import balanced_accuracy_score
+
+    keras.utils.set_random_seed(base.seed)
+    parts = build_model(arch, 3, spec.weights, size, spec.alpha, params.dropout, params.l2, base.seed)
+    history, start = History(), time.perf_counter()
+    fit(parts, data, params, class_weights(data["train"][1], 3), history)
+    seconds = time.perf_counter() - start
+    pred = parts.model.predict(test[0], verbose=0).argmax(1)
+    return {"mode": mode, "seconds": round(seconds, 1), "epochs": len(history.rows),
+            "test_balanced_accuracy": round(float(balanced_accuracy_score(test[1], pred)), 4)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", default="MobileNetV2")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"{DATA} not found")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        p = prepare(work)
+        base, params = load_section("base", p), load_section("train", p)
+        spec = params.architectures[args.arch]
+        size = spec.image_size or 224
+        out = work / "out"
+        sets = read_sets(work / "raw", out / "aug", out / "split.csv", out / "aug.csv", base.classes)
+        start = time.perf_counter()
+        data = {k: (load_batch(paths, size), y) for k, (paths, y) in sets.items()}
+        tsplit = pd.read_csv(out / "split.csv").query("split == 'test'")
+        test = (load_batch([work / "raw" / q for q in tsplit.path], size),
+                np.array([base.classes.index(c) for c in tsplit.label]))
+        print(f"loaded {len(data['train'][1])} train (incl. augmented), {len(data['val'][1])} val, "
+              f"{len(test[1])} test images in {time.perf_counter() - start:.0f}s; {args.arch} {spec}")
+        rows = [one("cached (project)", fit_cached, args.arch, spec, data, test, params, base, size),
+                one("plain model.fit", fit_plain, args.arch, spec, data, test, params, base, size)]
+    print("\n| training | wall s | epochs | test balanced accuracy |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['seconds']} | {r['epochs']} | {r['test_balanced_accuracy']} |")
+    print(f"\nspeed-up: {rows[1]['seconds'] / rows[0]['seconds']:.1f}x")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Register the retrain deployments with a Prefect server and run them when they are due.
+
+    prefect server start                       # in another terminal (or docker/)
+    export PREFECT_API_URL=http://127.0.0.1:4200/api
+    python -m flows.serve [--workspace DIR]
+
+Two deployments of the same flow: `nightly` (cron `flow.cron`) and `on-new-data` (every
+`flow.check_interval_seconds`; the flow waits until data/raw has been quiet for
+`flow.quiet_seconds` and ends at once when nothing changed, so a copy of 500 images starts
+one training run, not 500). Each deployment runs at most one flow run at a time, and the
+flow's workspace lock keeps the two from overlapping.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prefect import serve
+
+from flows.retrain import retrain
+from pipeline.params import load_section
+
+
+def deployments(workspace: Path) -> list:
+    params = load_section("flow", workspace / "params.yaml")
+    common = {"parameters": {"workspace": str(workspace)}, "concurrency_limit": 1}
+    return [retrain.to_deployment(name="nightly", cron=params.cron, **common),
+            retrain.to_deployment(name="on-new-data", interval=params.check_interval_seconds, **common)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workspace", type=Path, default=Path("."))
+    args = parser.parse_args(argv)
+    serve(*deployments(args.workspace.resolve()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Running a trained classifier anywhere: a .keras file, a .tflite file, or a registry URI.
+
+`ImageClassifier` is the MLflow pyfunc that deployment serves: clients send images (base64
+strings or raw bytes in an `image` column), it decodes, orients and resizes them exactly as
+training did, and answers one row per image with the class and its probabilities, or the
+reason the image could not be read. One bad image never fails the whole request.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.images import UnusableImage, model_input
+
+
+class TFLiteModel:
+    """A TFLite classifier run with the LiteRT interpreter, one image at a time."""
+
+    def __init__(self, source: Path | bytes, threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        kwargs = {"model_content": source} if isinstance(source, bytes) else {"model_path": str(source)}
+        self.interpreter = Interpreter(num_threads=threads, **kwargs)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        out = []
+        for image in x:
+            self.interpreter.set_tensor(self.input["index"], image[None].astype(np.float32))
+            self.interpreter.invoke()
+            out.append(self.interpreter.get_tensor(self.output["index"])[0].copy())
+        return np.array(out)
+
+
+@dataclass
+class Classifier:
+    """What predict and serving need: a predict function, its classes and input size, and Keras if any."""
+    predict: object
+    classes: list[str]
+    size: int
+    keras_model: object = None
+
+
+def from_keras_file(path: Path, metadata: dict) -> Classifier:
+    import keras
+
+    model = keras.saving.load_model(path)
+    return Classifier(lambda x: model.predict(x.astype("float32"), verbose=0), metadata["classes"],
+                      metadata["image_size"], model)
+
+
+def load_classifier(uri: str) -> Classifier:
+    """From `models:/name@alias` (or any MLflow model URI), a .keras file or a .tflite file.
+
+    Files need a metadata.json beside them (classes, image_size), as export writes.
+    """
+    path = Path(uri)
+    if path.suffix in (".tflite", ".keras") and path.is_file():
+        metadata = json.loads((path.parent / "metadata.json").read_text())
+        if path.suffix == ".keras":
+            return from_keras_file(path, metadata)
+        model = TFLiteModel(path)
+        return Classifier(model.predict, metadata["classes"], metadata["image_size"])
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    return from_keras_file(local / "artifacts" / "model.keras",
+                           json.loads((local / "artifacts" / "metadata.json").read_text()))
+
+
+def decode(item) -> bytes:
+    """Raw bytes from a request cell: bytes as they are, strings as base64."""
+    if isinstance(item, (bytes, bytearray)):
+        return bytes(item)
+    if isinstance(item, str):
+        try:
+            return base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError):
+            raise UnusableImage("not valid base64") from None
+    raise UnusableImage(f"expected base64 text or bytes, got {type(item).__name__}")
+
+
+def classify(classifier: Classifier, items: list) -> list[dict]:
+    """One result per item: {'class', 'probabilities'} or {'error'}; bad items never stop the rest."""
+    arrays, results = [], []
+    for item in items:
+        try:
+            source = item if isinstance(item, Path) else decode(item)
+            arrays.append(model_input(source, classifier.size))
+            results.append(None)
+        except (UnusableImage, OSError) as err:
+            results.append({"class": None, "probabilities": None, "error": str(err)})
+    probs = iter(classifier.predict(np.stack(arrays)) if arrays else [])
+    for i, result in enumerate(results):
+        if result is None:
+            p = next(probs)
+            results[i] = {"class": classifier.classes[int(np.argmax(p))],
+                          "probabilities": {c: float(v) for c, v in zip(classifier.classes, p)}, "error": None}
+    return results
+
+
+try:
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover - mlflow is a dependency; this keeps the module importable alone
+    PythonModel = object
+
+
+class ImageClassifier(PythonModel):
+    """The served model: a DataFrame with an `image` column in, one row per image out.
+
+    Each row: `class` (empty when the image could not be read), `error` (empty when it could),
+    and `prob_<class>` for every class (null for unreadable images).
+    """
+
+    def load_context(self, context):
+        metadata = json.loads(Path(context.artifacts["metadata"]).read_text())
+        self.classifier = from_keras_file(Path(context.artifacts["keras_model"]), metadata)
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        rows = []
+        for r in classify(self.classifier, list(model_input["image"])):
+            probs = r["probabilities"] or {}
+            rows.append({"class": r["class"] or "", "error": r["error"] or "",
+                         **{f"prob_{c}": probs.get(c) for c in self.classifier.classes}})
+        return pd.DataFrame(rows)

@@ -1,0 +1,84 @@
+"""predict: classify images with a registered model, a .keras or a .tflite file.
+
+    python -m pipeline.predict --model models:/oralscan-classifier@champion IMAGE... [--gradcam DIR]
+
+Prints one line per image: the class and every class probability, or the reason the image
+could not be read (the other images are still classified; the exit status is 1 if any failed).
+`--gradcam DIR` writes a Grad-CAM overlay per image: where the model looked (Keras models only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.images import load_rgb, model_input
+from pipeline.inference import Classifier, classify, load_classifier
+
+
+def gradcam(model, x: np.ndarray, class_index: int) -> np.ndarray:
+    """Grad-CAM heat map (0..1, the size of the last feature map) for one preprocessed-free image."""
+    import keras
+    import tensorflow as tf
+
+    features = model.get_layer("pool").input  # the base's last feature map, before pooling
+    probe = keras.Model(model.inputs, [features, model.output])
+    with tf.GradientTape() as tape:
+        fmap, probs = probe(x[None].astype("float32"), training=False)
+        score = probs[:, class_index]
+    grads = tape.gradient(score, fmap)[0]
+    weights = tf.reduce_mean(grads, axis=(0, 1))
+    cam = tf.nn.relu(tf.reduce_sum(fmap[0] * weights, axis=-1)).numpy()
+    return cam / cam.max() if cam.max() > 0 else cam
+
+
+def overlay(path: Path, cam: np.ndarray, out: Path) -> None:
+    import matplotlib
+
+    image = load_rgb(path)
+    heat = Image.fromarray(np.uint8(cam * 255)).resize(image.size, Image.Resampling.BILINEAR)
+    colored = matplotlib.colormaps["jet"](np.asarray(heat) / 255.0)[..., :3]
+    blend = 0.6 * np.asarray(image) / 255.0 + 0.4 * colored
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.uint8(blend * 255)).save(out)
+
+
+def write_gradcams(classifier: Classifier, paths: list[Path], results: list[dict], out_dir: Path) -> None:
+    if classifier.keras_model is None:
+        raise SystemExit("predict: --gradcam needs a Keras model (a registry URI or a .keras file), not TFLite")
+    for i, (path, result) in enumerate(zip(paths, results)):
+        if result["error"] is None:
+            x = model_input(path, classifier.size)
+            cam = gradcam(classifier.keras_model, x, classifier.classes.index(result["class"]))
+            overlay(path, cam, out_dir / f"{i:03d}_{path.stem}_gradcam.png")
+
+
+def format_line(path: Path, result: dict) -> str:
+    if result["error"]:
+        return f"{path}\tERROR\t{result['error']}"
+    probs = " ".join(f"{c}={p:.4f}" for c, p in result["probabilities"].items())
+    return f"{path}\t{result['class']}\t{probs}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, a .keras file or a .tflite file")
+    parser.add_argument("--gradcam", type=Path, help="folder for Grad-CAM overlays")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
+    parser.add_argument("images", type=Path, nargs="+")
+    args = parser.parse_args(argv)
+    classifier = load_classifier(args.model)
+    results = classify(classifier, args.images)
+    for path, result in zip(args.images, results):
+        print(json.dumps({"path": str(path), **result}) if args.json else format_line(path, result))
+    if args.gradcam:
+        write_gradcams(classifier, args.images, results, args.gradcam)
+    sys.exit(1 if any(r["error"] for r in results) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Cached training equals plain fit; the train and evaluate stages log real MLflow runs."""
+import json
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.models import build_model
+from pipeline.params import load_section
+from pipeline.train import History, class_weights, find_cut, fit_cached, fit_plain
+from tests.conftest import ROOT
+
+
+def tiny_data(size=32, n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.uniform(0, 255, (n, size, size, 3)).astype("float32")
+    x[..., 0] += y[:, None, None] * 20  # a learnable signal
+    return {"train": (x[: n * 2 // 3], y[: n * 2 // 3]), "val": (x[n * 2 // 3:], y[n * 2 // 3:])}
+
+
+@pytest.mark.parametrize("finetune_layers", [12, 0])
+def test_cached_training_matches_plain_fit(finetune_layers):
+    import dataclasses
+
+    import keras
+
+    params = dataclasses.replace(load_section("train", ROOT / "params.yaml"), batch_size=8, head_epochs=3,
+                                 finetune_epochs=2, finetune_layers=finetune_layers, dropout=0.0,
+                                 early_stopping_patience=10)
+    data = tiny_data()
+    models = [build_model("MobileNetV2", 3, "none", size=32, alpha=0.35, seed=1) for _ in range(2)]
+    models[1].model.set_weights(models[0].model.get_weights())
+    for fit, parts in zip((fit_cached, fit_plain), models):
+        keras.utils.set_random_seed(7)
+        fit(parts, data, params, class_weights(data["train"][1], 3), History())
+    xv = data["val"][0]
+    cached, plain = (p.model.predict(xv, verbose=0) for p in models)
+    np.testing.assert_allclose(cached, plain, atol=2e-3)
+    for a, b in zip(models[0].model.get_weights(), models[1].model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=2e-3)
+    trainable = [layer.name for layer in models[0].base.layers if layer.trainable]
+    assert all("BN" not in n for n in trainable) and bool(trainable) == bool(finetune_layers)
+
+
+def test_cut_has_one_tensor_crossing():
+    import keras
+
+    base = build_model("MobileNetV2", 3, "none", size=32, alpha=0.35).base
+    cut = find_cut(base, 12)
+    assert len(base.layers) - 1 - cut >= 12
+    keras.Model(base.layers[cut].output, base.output)  # builds: nothing skips past the cut
+
+
+def test_class_weights_balance():
+    assert class_weights(np.array([0, 0, 0, 1]), 2) == {0: pytest.approx(4 / 6), 1: 2.0}
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_stages_log_to_a_real_mlflow_store(tmp_path, monkeypatch, keras_home, demo_raw):
+    from pipeline import augment, dedup, evaluate, split, train, validate
+    from tests.conftest import shrink_params
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("PIPELINE_RUN_ID", "test-run")
+    params = shrink_params(tmp_path, validate={"min_images_per_class": 5}, augment={"target_per_class": 30},
+                           train={"head_epochs": 2, "finetune_epochs": 1, "batch_size": 16,
+                                  "architectures": {"MobileNetV2": {"weights": "imagenet", "alpha": 0.35},
+                                                    "SmallCNN": {"weights": "none", "image_size": 48}}},
+                           evaluate={"bootstrap": 50})
+    out = tmp_path / "out"
+    validate.run(params, demo_raw, out / "manifest.csv", out / "docs", out / "v.json")
+    paths = {k: out / v for k, v in {"groups": "g.csv", "cache": "c.json", "quarantine": "q",
+                                     "report": "d.json", "sheet": "s.png"}.items()}
+    dedup.run(params, demo_raw, out / "manifest.csv", paths)
+    split.run(params, paths["groups"], out / "split.csv", out / "split.json")
+    augment.run(params, demo_raw, out / "split.csv", out / "aug", out / "aug.csv")
+    inputs = {"raw": demo_raw, "augmented": out / "aug", "split": out / "split.csv", "augmented_csv": out / "aug.csv"}
+    runs = {a: train.run(params, a, inputs, tmp_path / "models" / a, out / f"{a}.json") for a in ("MobileNetV2", "SmallCNN")}
+    figures = {"models": tmp_path / "models", "metrics": out / "metrics.json", "leaderboard": out / "board.csv",
+               "figures": out / "fig", "plots": out / "plots"}
+    for d in ("fig", "plots"):
+        (out / d).mkdir()
+    summary = evaluate.run(params, demo_raw, out / "split.csv", figures)
+
+    db = sqlite3.connect(tmp_path / "mlflow.db")  # the real store, not a mock
+    children = db.execute("SELECT r.run_uuid, r.name FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid "
+                          "WHERE t.key = 'mlflow.parentRunId'").fetchall()
+    assert sorted(name for _, name in children) == ["MobileNetV2", "SmallCNN"]
+    parents = {row[0] for row in db.execute("SELECT value FROM tags WHERE key = 'mlflow.parentRunId'")}
+    assert parents == {runs["MobileNetV2"]["parent_run_id"]}  # one parent per pipeline run
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for run_id, name in children:
+        files = {f.path for f in client.list_artifacts(run_id)} | {f.path for f in client.list_artifacts(run_id, "test")}
+        assert {"val_confusion.png", "val_confusion.json", "test/" + f"{name}_test_confusion.png"} <= files
+        epochs = json.loads((out / f"{name}.json").read_text())["epochs"]
+        assert len(client.get_metric_history(run_id, "val_loss")) == epochs
+        assert client.get_run(run_id).data.metrics["test_balanced_accuracy"] >= 0
+    import mlflow
+
+    logged = mlflow.pyfunc.load_model(f"runs:/{runs['SmallCNN']['run_id']}/model")  # model, signature, example
+    assert logged.metadata.get_input_schema().inputs[0].shape == (-1, 48, 48, 3)
+    assert logged.predict(np.zeros((1, 48, 48, 3), "float32")).shape == (1, 3)
+    board = pd.read_csv(out / "board.csv")
+    assert board.architecture.iloc[0] == summary["best"]["architecture"]
+    assert summary["architectures"]["MobileNetV2"]["balanced_accuracy"] > 0.8  # ImageNet features on an easy set
+    assert json.loads((out / "plots" / "SmallCNN.json").read_text())[0].keys() == {"actual", "predicted"}
