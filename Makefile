@@ -40,3 +40,4 @@ bench: install
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/dedup_bench.py
 	$(BIN)/python bench/train_bench.py
+	$(BIN)/python bench/export_bench.py

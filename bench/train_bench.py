@@ -26,7 +26,8 @@ from pipeline import augment, dedup, split, validate  # noqa: E402
 from pipeline.images import load_batch  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.params import load_section  # noqa: E402
-from pipeline.train import History, class_weights, fit_cached, fit_plain, read_sets  # noqa: E402
+from pipeline.tracking import History  # noqa: E402
+from pipeline.train import class_weights, fit_cached, fit_plain, read_sets  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "isic-skin-9class-180px"
 GROUPING = {"actinic keratosis": "precancer", "basal cell carcinoma": "cancer", "melanoma": "cancer",

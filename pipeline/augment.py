@@ -8,7 +8,6 @@ source image and group it came from, so it can never leak across splits.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 from pathlib import Path

@@ -9,7 +9,6 @@ photo, hidden files, an unexpected folder and names with spaces and non-ASCII ch
 from __future__ import annotations
 
 import argparse
-import io
 import shutil
 from pathlib import Path
 

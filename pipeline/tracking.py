@@ -56,7 +56,8 @@ def parent_run(experiment_id: str, key: str, tags: dict[str, str]) -> str:
     found = client.search_runs([experiment_id], filter_string=f"tags.pipeline_run = '{key}'", max_results=1)
     if found:
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"pipeline {key[:8]}", tags={"pipeline_run": key, **tags})
+    name = f"pipeline data {tags.get('data_version', 'untracked')[:8]} run {key[-8:]}"
+    run = client.create_run(experiment_id, run_name=name, tags={"pipeline_run": key, **tags})
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -64,3 +65,33 @@ def parent_run(experiment_id: str, key: str, tags: dict[str, str]) -> str:
 def pipeline_key(*inputs: Path, params_section: str = "") -> str:
     """PIPELINE_RUN_ID when an orchestrator sets one, else a digest of the inputs the models share."""
     return os.environ.get("PIPELINE_RUN_ID") or digest(*inputs, extra=params_section)
+
+
+class History:
+    """Per-epoch metrics across both phases, mirrored to the active MLflow run."""
+
+    def __init__(self, mlflow=None):
+        self.rows, self.mlflow = [], mlflow
+
+    def __call__(self, phase: str):
+        def log(epoch, logs):
+            row = {"step": len(self.rows), "phase": phase, "epoch": epoch, **{k: float(v) for k, v in logs.items()}}
+            self.rows.append(row)
+            if self.mlflow:
+                self.mlflow.log_metrics({k: v for k, v in row.items() if k not in ("step", "phase", "epoch")},
+                                        step=row["step"])
+        return log
+
+
+def log_keras_model(model, sample) -> None:
+    """The Keras model with its signature and an input example, as `model` in the active run."""
+    import keras
+    import mlflow
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(sample, model.predict(sample, verbose=0))
+    # mlflow.keras.log_model writes the input example before creating its folder (MLflow 3.17): use the
+    # tensorflow flavor, which saves Keras 3 models in the same .keras format.
+    mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=sample,
+                                pip_requirements=[f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}"])

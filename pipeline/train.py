@@ -145,22 +145,6 @@ def fit_scratch(parts: Parts, data: dict, params: Train, weights, log) -> None:
                 params.head_epochs + params.finetune_epochs, weights, log("scratch"))
 
 
-class History:
-    """Per-epoch metrics across both phases, mirrored to the active MLflow run."""
-
-    def __init__(self, mlflow=None):
-        self.rows, self.mlflow = [], mlflow
-
-    def __call__(self, phase: str):
-        def log(epoch, logs):
-            row = {"step": len(self.rows), "phase": phase, "epoch": epoch, **{k: float(v) for k, v in logs.items()}}
-            self.rows.append(row)
-            if self.mlflow:
-                self.mlflow.log_metrics({k: v for k, v in row.items() if k not in ("step", "phase", "epoch")},
-                                        step=row["step"])
-        return log
-
-
 def log_run_params(mlflow, name: str, spec, size: int, params: Train, seed: int, data: dict) -> None:
     resolved = {k: v for k, v in vars(params).items() if k != "architectures"}
     mlflow.log_params({"architecture": name, "weights": spec.weights, "alpha": spec.alpha, "image_size": size,
@@ -188,24 +172,13 @@ def log_validation(mlflow, model, data: dict, classes, out_dir: Path) -> dict:
     return scores
 
 
-def log_model(mlflow, model, sample: np.ndarray) -> None:
-    import keras
-    import tensorflow as tf
-    from mlflow.models import infer_signature
-
-    signature = infer_signature(sample, model.predict(sample, verbose=0))
-    # mlflow.keras.log_model writes the input example before creating its folder (MLflow 3.17): use the
-    # tensorflow flavor, which saves Keras 3 models in the same .keras format.
-    mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=sample,
-                           pip_requirements=[f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}"])
-
-
 def run(params_path: Path, name: str, inputs: dict[str, Path], out_dir: Path, metrics_path: Path) -> dict:
     import keras
     import mlflow
     import tensorflow as tf
 
     from pipeline import tracking
+    from pipeline.tracking import History
 
     base_p, params = load_section("base", params_path), load_section("train", params_path)
     if name not in params.architectures:
@@ -237,7 +210,7 @@ def run(params_path: Path, name: str, inputs: dict[str, Path], out_dir: Path, me
                    **log_validation(mlflow, parts.model, data, base_p.classes, out_dir)}
         mlflow.log_metrics({k: v for k, v in summary.items() if k != "epochs"})
         mlflow.log_artifact(str(out_dir / "history.csv"))
-        log_model(mlflow, parts.model, data["val"][0][:1].astype("float32"))
+        tracking.log_keras_model(parts.model, data["val"][0][:1].astype("float32"))
         info = {"architecture": name, "run_id": child.info.run_id, "parent_run_id": parent.info.run_id,
                 "experiment_id": experiment, "image_size": size, "classes": list(base_p.classes), **lineage}
     (out_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")

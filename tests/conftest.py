@@ -81,3 +81,27 @@ def keras_home(tmp_path, monkeypatch) -> Path:
 
     monkeypatch.setattr(file_utils, "get_file", no_download)
     return home
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, seconds: int, what: str) -> None:
+    """Poll a loopback URL until it answers 200, or fail the test naming the service."""
+    import time
+
+    import httpx
+
+    for _ in range(seconds):
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"{what} did not come up in {seconds} s ({url})")

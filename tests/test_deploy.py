@@ -6,17 +6,15 @@ quality is known in advance (mediocre, bad, perfect) while every stage they go t
 import base64
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import shrink_params
+from tests.conftest import free_port, shrink_params, wait_for_http
 
 CLASSES = ["normal", "precancer", "cancer"]
 COLOURS = {"normal": (200, 40, 40), "precancer": (40, 200, 40), "cancer": (40, 40, 200)}
@@ -183,14 +181,14 @@ def test_champion_challenger_promotion_predict_and_failures(project, monkeypatch
     # an unreachable registry: a clear message, nothing changed
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    with pytest.raises(register.RegistryUnavailable, match="cannot reach the MLflow registry"):
-        register.client_or_fail()
+    try:
+        with pytest.raises(register.RegistryUnavailable, match="cannot reach the MLflow registry"):
+            register.client_or_fail()
+    finally:
+        import mlflow
 
+        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")  # the URI is process-global in MLflow
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -204,7 +202,7 @@ def test_mlflow_models_serve_answers_images(project, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     try:
-        MlflowClient().get_model_version_by_alias("oralscan-classifier", "champion")
+        MlflowClient(tracking_uri=uri).get_model_version_by_alias("oralscan-classifier", "champion")
     except Exception:
         pipeline_run(root, params, "perfect")
     port = free_port()
@@ -216,14 +214,7 @@ def test_mlflow_models_serve_answers_images(project, monkeypatch):
                               stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
-        else:
-            pytest.fail("mlflow models serve did not come up in 120 s")
+        wait_for_http(f"http://127.0.0.1:{port}/ping", 120, "mlflow models serve")
         good = base64.b64encode((root / "raw" / "precancer" / "1.png").read_bytes()).decode()
         broken = base64.b64encode(b"GIF89a garbage").decode()
         reply = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=60,

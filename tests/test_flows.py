@@ -2,7 +2,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.demo import generate
-from tests.conftest import ROOT, noise_image, shrink_params
+from tests.conftest import ROOT, free_port, noise_image, shrink_params, wait_for_http
 
 BIN = Path(sys.executable).parent
 TINY = {"validate": {"min_images_per_class": 8}, "augment": {"target_per_class": 20},
@@ -119,31 +118,17 @@ def test_scenario_champion_then_new_images_then_nothing(workspace, keras_home):
     assert "data/raw.dvc" in git(workspace, "ls-files")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def prefect_server(tmp_path):
     """A real Prefect server on a loopback port, with its own database."""
-    import httpx
-
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "DO_NOT_TRACK": "1"}
     server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(120):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
-        else:
-            pytest.fail("the Prefect server did not start in 120 s")
+        wait_for_http(f"http://127.0.0.1:{port}/api/health", 120, "the Prefect server")
         yield env
     finally:
         server.terminate()
@@ -185,3 +170,16 @@ def test_deployments_on_a_real_prefect_server(workspace, prefect_server, monkeyp
     finally:
         serving.terminate()
         serving.wait(timeout=30)
+
+
+def test_a_failing_stage_fails_the_flow_with_the_stages_own_error(workspace):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.retrain import StageFailed, retrain
+
+    params = (workspace / "params.yaml").read_text().replace("min_images_per_class: 8", "min_images_per_class: 500")
+    (workspace / "params.yaml").write_text(params)
+    with prefect_test_harness():
+        with pytest.raises(StageFailed, match="every class has at least 500 usable images"):
+            retrain(str(workspace))
+    assert "retrain: data" not in git(workspace, "log", "--format=%s")  # nothing committed

@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.models import build_model
 from pipeline.params import load_section
-from pipeline.train import History, class_weights, find_cut, fit_cached, fit_plain
+from pipeline.tracking import History
+from pipeline.train import class_weights, find_cut, fit_cached, fit_plain
 from tests.conftest import ROOT
 
 
