@@ -84,8 +84,8 @@ def version_data(root: Path) -> str:
 
 @task(cache_policy=NO_CACHE)
 def pipeline_changed(root: Path) -> bool:
-    status = json.loads(dvc(root, "status", "--json").strip().splitlines()[-1] or "{}")
-    return bool(status)
+    lines = dvc(root, "status", "--json").strip().splitlines()  # warnings may precede the JSON line
+    return bool(json.loads(lines[-1] if lines else "{}"))
 
 
 @task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5))
@@ -105,7 +105,9 @@ def commit(root: Path, version: str) -> str:
     """Commit the data version, dvc.lock and the reports so each data version and its model are tied in history."""
     registry = root / "reports" / "registry.json"
     decision = json.loads(registry.read_text()) if registry.exists() else {}
-    paths = ["dvc.lock", "data/raw.dvc", "reports", *[str(p.relative_to(root)) for p in root.glob("*/.gitignore")]]
+    # folders, not files: git adds what they hold except what is ignored (DVC's outputs), which
+    # takes the .gitignore files DVC writes beside its outputs along with data/raw.dvc and the reports
+    paths = [p for p in ("dvc.lock", ".gitignore", "data", "reports", "models") if (root / p).exists()]
     git = ["git", "-c", "user.name=retrain flow", "-c", "user.email=retrain@localhost"]
     subprocess.run([*git, "add", "--", *paths], cwd=root, check=True, capture_output=True)
     if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=root).returncode == 0:

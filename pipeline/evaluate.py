@@ -49,13 +49,13 @@ def scores(y: np.ndarray, probs: np.ndarray, classes, positive, bins: int) -> di
     return out
 
 
-def bootstrap_interval(y, probs, metric: str, classes, positive, n: int, seed: int) -> list[float]:
+def bootstrap_interval(y, probs, metric: str, classes, positive, n: int, seed: int, bins: int = 10) -> list[float]:
     """95% percentile interval of `metric` over n resamples of the test images."""
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n):
         idx = rng.integers(0, len(y), len(y))
-        values.append(scores(y[idx], probs[idx], classes, positive, 2)[metric])
+        values.append(scores(y[idx], probs[idx], classes, positive, bins)[metric])
     values = np.array(values)[~np.isnan(values)]
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if len(values) else [np.nan] * 2
 
@@ -76,15 +76,15 @@ def log_to_mlflow(info: dict, result: dict, files: list[Path]) -> None:
             mlflow.log_artifact(str(f), artifact_path="test")
 
 
-def evaluate_one(name, info, test, raw, classes, positive, params, out: dict[str, Path]) -> dict:
+def evaluate_one(name, info, test, raw, classes, positive, params, seed: int, out: dict[str, Path]) -> dict:
     import keras
 
     model = keras.saving.load_model(out["models"] / name / "model.keras")
     y = np.array([classes.index(c) for c in test.label])
     probs = model.predict(load_batch([raw / p for p in test.path], info["image_size"]), verbose=0)
     result = scores(y, probs, classes, positive, params.calibration_bins)
-    result["ci95_low"], result["ci95_high"] = bootstrap_interval(y, probs, params.select_by, classes, positive,
-                                                                  params.bootstrap, seed=0)
+    result["ci95_low"], result["ci95_high"] = bootstrap_interval(
+        y, probs, params.select_by, classes, positive, params.bootstrap, seed, params.calibration_bins)
     png, records = out["figures"] / f"{name}_test_confusion.png", out["plots"] / f"{name}.json"
     matrix = confusion(y, probs.argmax(1), len(classes))
     write_confusion_png(matrix, classes, f"{name}: test", png)
@@ -107,7 +107,7 @@ def run(params_path: Path, raw: Path, split_csv: Path, out: dict[str, Path]) -> 
     results = {}
     for name in train.architectures:
         info = json.loads((out["models"] / name / "run.json").read_text())
-        results[name] = evaluate_one(name, info, test, raw, classes, positive, params, out)
+        results[name] = evaluate_one(name, info, test, raw, classes, positive, params, base.seed, out)
     board = leaderboard(results, params.select_by)
     best = board.iloc[0]
     summary = {"architectures": results, "best": {
