@@ -105,3 +105,17 @@ def wait_for_http(url: str, seconds: int, what: str) -> None:
             pass
         time.sleep(1)
     pytest.fail(f"{what} did not come up in {seconds} s ({url})")
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow_uri():
+    """mlflow.set_tracking_uri is process-global and writes os.environ itself (behind monkeypatch's
+    back): reset it after every test so no test reads or writes another test's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    import sys
+
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)  # also unsets the variable
+    if before is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = before

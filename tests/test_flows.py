@@ -97,7 +97,7 @@ def test_scenario_champion_then_new_images_then_nothing(workspace, keras_home):
     with prefect_test_harness():
         first = retrain(str(workspace))
         assert first["status"] == "trained", first
-        client = MlflowClient()
+        client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
         assert str(client.get_model_version_by_alias("oralscan-classifier", "champion").version) == "1"
 
         for i in range(6):  # the hospital adds images to one class
@@ -136,40 +136,43 @@ def prefect_server(tmp_path):
 
 
 @pytest.mark.slow
-def test_deployments_on_a_real_prefect_server(workspace, prefect_server, monkeypatch):
+def test_deployments_on_a_real_prefect_server(workspace, prefect_server):
     """flows.serve registers both deployments with their schedules; one is run once through the server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     (workspace / "params.yaml").write_text(
         (workspace / "params.yaml").read_text().replace("quiet_seconds: 0", "quiet_seconds: 3600"))
-    for key, value in prefect_server.items():
-        monkeypatch.setenv(key, value)
     serving = subprocess.Popen([sys.executable, "-m", "flows.serve", "--workspace", str(workspace)],
                                cwd=workspace, env={**os.environ, **prefect_server})
+    # Prefect reads its settings once per process: point this process's client at the test server
+    # explicitly, whatever an earlier test (or prefect_test_harness) left in place.
     try:
-        from prefect.client.orchestration import get_client
-        from prefect.deployments import run_deployment
-
-        with get_client(sync_client=True) as client:
-            for _ in range(60):
-                try:
-                    nightly = client.read_deployment_by_name("retrain/nightly")
-                    break
-                except Exception:
-                    time.sleep(1)
-            else:
-                pytest.fail("flows.serve did not register the deployments")
-            assert nightly.schedules[0].schedule.cron == "0 2 * * *"
-            on_new = client.read_deployment_by_name("retrain/on-new-data")
-            assert on_new.schedules[0].schedule.interval.total_seconds() == 300
-        run = run_deployment("retrain/on-new-data", timeout=180)
-        assert run.state.is_completed(), run.state
-        with get_client(sync_client=True) as client:
-            from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        with temporary_settings({PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}):
+            with get_client(sync_client=True) as client:
+                nightly = wait_for_deployment(client, "retrain/nightly")
+                assert nightly.schedules[0].schedule.cron == "0 2 * * *"
+                on_new = client.read_deployment_by_name("retrain/on-new-data")
+                assert on_new.schedules[0].schedule.interval.total_seconds() == 300
+            run = run_deployment("retrain/on-new-data", timeout=180)
+            assert run.state.is_completed(), run.state
+            with get_client(sync_client=True) as client:
+                logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
         assert any("waiting until data/raw is quiet" in log.message for log in logs)
     finally:
         serving.terminate()
         serving.wait(timeout=30)
+
+
+def wait_for_deployment(client, name: str, seconds: int = 90):
+    for _ in range(seconds):
+        try:
+            return client.read_deployment_by_name(name)
+        except Exception:  # not registered yet
+            time.sleep(1)
+    pytest.fail(f"flows.serve did not register {name} in {seconds} s")
 
 
 def test_a_failing_stage_fails_the_flow_with_the_stages_own_error(workspace):
