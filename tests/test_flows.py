@@ -159,8 +159,13 @@ def test_deployments_on_a_real_prefect_server(workspace, prefect_server):
             run = run_deployment("retrain/on-new-data", timeout=180)
             assert run.state.is_completed(), run.state
             with get_client(sync_client=True) as client:
-                logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
-        assert any("waiting until data/raw is quiet" in log.message for log in logs)
+                for _ in range(60):  # run logs are shipped in the background and may trail the final state
+                    logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+                    if any("waiting until data/raw is quiet" in log.message for log in logs):
+                        break
+                    time.sleep(1)
+                else:
+                    pytest.fail(f"the run's log never said it was waiting: {[log.message for log in logs]}")
     finally:
         serving.terminate()
         serving.wait(timeout=30)
