@@ -72,7 +72,7 @@ def bench_cleanvision(images: list[Path], shas: list[str], hashes: dict[str, int
         for i, p in enumerate(images):
             shutil.copyfile(p, Path(tmp) / f"{i:05d}_{p.name}")
         lab, t_cv = timed(lambda: _run_cleanvision(Imagelab, tmp))
-    groups, t_ours = timed(group_contents, hashes, d, 64)
+    (groups, _), t_ours = timed(group_contents, hashes, d, 64)
     exact = lab.info["exact_duplicates"]["sets"]
     near = lab.info["near_duplicates"]["sets"]
     ours = {}

@@ -1,9 +1,14 @@
 """dedup: group exact (sha256) and near (perceptual hash) duplicates; quarantine label conflicts.
 
-Every usable image gets a group. A group whose images carry different labels is a label
-conflict: all its images are kept out of training and copied (never moved) to the
-quarantine folder with a CSV a clinician can fill in. Hashes are cached by file content,
-so a rerun after new images arrive hashes only the new files.
+Two thresholds, because the two uses need different precision. Every usable image gets a
+duplicate group (images within `max_distance`, linked transitively): split keeps a group in
+one split, and grouping two different images together costs little there. A label conflict
+is stricter: images within `conflict_max_distance` (identical or re-encoded copies) that
+carry different labels. Only those are kept out of training and copied (never moved) to the
+quarantine folder with a CSV a clinician can fill in; on real dermoscopy images, pairs at
+phash distance 4-6 were often different lesions, which must not be quarantined. A group
+whose labels differ without such a copy is reported as `mixed_labels` and kept.
+Hashes are cached by file content, so a rerun after new images arrive hashes only new files.
 """
 from __future__ import annotations
 
@@ -44,31 +49,45 @@ def hash_contents(paths_by_sha: dict[str, Path], params: Dedup, cache: dict[str,
     return hashes, fresh
 
 
-def group_contents(hashes: dict[str, int], max_distance: int, bits: int) -> dict[str, str]:
-    """sha256 -> group id. Near duplicates are linked transitively; a group is named after its smallest sha256."""
-    shas = sorted(hashes)
-    values = np.array([hashes[s] for s in shas], dtype=np.uint64)
-    pairs = near_pairs(values, max_distance, bits)
+def components(shas: list[str], pairs: np.ndarray, prefix: str) -> dict[str, str]:
+    """sha256 -> id of its connected component; a component is named after its smallest sha256."""
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(shas),) * 2)
     _, component = connected_components(graph, directed=False)
     first = {}
     for sha, comp in zip(shas, component):  # shas are sorted, so the first seen is the smallest
         first.setdefault(comp, sha)
-    return {sha: "g" + first[comp][:12] for sha, comp in zip(shas, component)}
+    return {sha: prefix + first[comp][:12] for sha, comp in zip(shas, component)}
 
 
-def build_groups(images: pd.DataFrame, group_of: dict[str, str]) -> pd.DataFrame:
-    """One row per usable image: its group, whether the group mixes labels, and the kept copy of its bytes.
+def group_contents(hashes: dict[str, int], max_distance: int, bits: int,
+                   strict_distance: int = 0) -> tuple[dict[str, str], dict[str, str]]:
+    """sha256 -> duplicate group (links within max_distance) and -> copy set (links within strict_distance)."""
+    shas = sorted(hashes)
+    values = np.array([hashes[s] for s in shas], dtype=np.uint64)
+    pairs = near_pairs(values, max(max_distance, strict_distance), bits)
+    distance = np.bitwise_count(values[pairs[:, 0]] ^ values[pairs[:, 1]]) if len(pairs) else np.array([])
+    return (components(shas, pairs[distance <= max_distance], "g"),
+            components(shas, pairs[distance <= strict_distance], "c"))
+
+
+def build_groups(images: pd.DataFrame, group_of: dict[str, str], copies_of: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per usable image: its group, label conflicts, mixed-label groups and the kept copy of its bytes.
+
+    A conflict is a set of near-identical copies (`copies_of`) carrying different labels: those copies
+    are quarantined. Look-alikes linked to them only at the looser distance keep their labels (and
+    their group, so they stay in the same split).
 
     Of identical files the shortest path is kept ("scan.jpg" over "copy of scan.jpg"), then the first by name.
     """
     groups = images[["path", "label", "sha256"]].sort_values("path").reset_index(drop=True)
     groups["group_id"] = groups.sha256.map(group_of)
-    groups["conflict"] = groups.groupby("group_id").label.transform("nunique") > 1
+    copy_set = groups.sha256.map(copies_of or group_of)
+    groups["conflict"] = groups.groupby(copy_set).label.transform("nunique") > 1
+    groups["mixed_labels"] = (groups.groupby("group_id").label.transform("nunique") > 1) & ~groups.conflict
     by_length = groups.assign(n=groups.path.str.len()).sort_values(["n", "path"])
     first_copy = by_length.groupby("sha256").path.transform("first").reindex(groups.index)
     groups["duplicate_of"] = first_copy.where(first_copy != groups.path, "")
-    return groups[["path", "label", "group_id", "conflict", "sha256", "duplicate_of"]]
+    return groups[["path", "label", "group_id", "conflict", "sha256", "duplicate_of", "mixed_labels"]]
 
 
 def quarantine(groups: pd.DataFrame, raw_dir: Path, out_dir: Path) -> pd.DataFrame:
@@ -103,6 +122,7 @@ def summarize(groups: pd.DataFrame, fresh: int) -> dict:
         "largest_group": int(sizes.max()) if len(sizes) else 0,
         "conflict_groups": int(conflict_groups),
         "conflict_images": int(groups.conflict.sum()),
+        "mixed_label_groups_kept": int(groups[groups.mixed_labels].group_id.nunique()),
         "hashed_now": fresh,
         "hashed_from_cache": int(groups.sha256.nunique()) - fresh,
     }
@@ -122,7 +142,9 @@ def run(params_path: Path, raw_dir: Path, manifest_path: Path, outputs: dict[str
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     paths_by_sha = {sha: raw_dir / path for sha, path in zip(images.sha256, images.path)}
     hashes, fresh = hash_contents(paths_by_sha, params, cache)
-    groups = build_groups(images, group_contents(hashes, params.max_distance, params.hash_size ** 2))
+    group_of, copies_of = group_contents(hashes, params.max_distance, params.hash_size ** 2,
+                                         params.conflict_max_distance)
+    groups = build_groups(images, group_of, copies_of)
     for key in ("groups", "cache", "report", "sheet"):
         outputs[key].parent.mkdir(parents=True, exist_ok=True)
     cache_path.write_text(json.dumps(cache, sort_keys=True))

@@ -39,7 +39,8 @@ class Validate:
 class Dedup:
     hash: str
     hash_size: int
-    max_distance: int
+    max_distance: int             # duplicate groups (kept in one split)
+    conflict_max_distance: int    # copies whose differing labels are a conflict (quarantined)
     contact_sheet_groups: int
 
 

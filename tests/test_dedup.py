@@ -30,9 +30,22 @@ def test_hash_is_computed_on_oriented_rgb_pixels(tmp_path):
 
 
 def test_groups_are_transitive_and_named_by_smallest_member():
-    group_of = group_contents({"c": 0b0, "a": 0b11, "b": 0b1111, "z": 2**63 - 1}, max_distance=2, bits=64)
+    group_of, copies = group_contents({"c": 0b0, "a": 0b11, "b": 0b1111, "z": 2**63 - 1}, max_distance=2, bits=64,
+                                      strict_distance=0)
     assert group_of["a"] == group_of["b"] == group_of["c"] == "ga"  # c~a and a~b link c to b
     assert group_of["z"] == "gz"
+    assert len(set(copies.values())) == 4  # no two hashes are equal: no copies
+
+
+def test_only_near_identical_copies_with_different_labels_are_conflicts():
+    images = pd.DataFrame({"path": ["n/a.jpg", "c/a rescan.jpg", "n/b.jpg", "c/look-alike.jpg"],
+                           "label": ["n", "c", "n", "c"], "sha256": ["a", "a2", "b", "b2"]})
+    hashes = {"a": 0, "a2": 0b1, "b": 2**40 - 1, "b2": (2**40 - 1) ^ 0b111111}  # a~a2 at 1 bit, b~b2 at 6 bits
+    group_of, copies = group_contents(hashes, max_distance=6, bits=64, strict_distance=2)
+    groups = build_groups(images, group_of, copies).set_index("path")
+    assert groups.loc["n/a.jpg", "conflict"] and groups.loc["c/a rescan.jpg", "conflict"]
+    assert not groups.loc["n/b.jpg", "conflict"] and groups.loc["n/b.jpg", "mixed_labels"]
+    assert groups.loc["n/b.jpg", "group_id"] == groups.loc["c/look-alike.jpg", "group_id"]  # still one split
 
 
 def test_conflicts_and_exact_copies():
@@ -45,6 +58,7 @@ def test_conflicts_and_exact_copies():
     assert groups.loc["n/2 copy.jpg", "group_id"] == groups.loc["n/2.jpg", "group_id"] == "g2"
     assert groups.loc["n/2.jpg", "duplicate_of"] == ""
     assert groups.loc["n/2 copy.jpg", "duplicate_of"] == "n/2.jpg"
+    assert not groups.mixed_labels.any()
 
 
 def outputs(tmp_path):
