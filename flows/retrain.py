@@ -88,7 +88,7 @@ def pipeline_changed(root: Path) -> bool:
     return bool(json.loads(lines[-1] if lines else "{}"))
 
 
-@task(cache_policy=NO_CACHE, retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5))
+@task(cache_policy=NO_CACHE)
 def push(root: Path) -> None:
     dvc(root, "push", "-q")
 
@@ -147,16 +147,16 @@ def retrain(workspace: str = ".") -> dict:
             message = f"nothing changed since the last successful run (data {version[:8]}); nothing trained"
             logger.info(message)
             return {"status": "unchanged", "data_version": version, "message": message}
+        remote = {"retries": params.retries,  # for what talks to the DVC remote or the MLflow server
+                  "retry_delay_seconds": exponential_backoff(backoff_factor=params.retry_delay_seconds)}
         if params.push:
-            push.with_options(retries=params.retries)(root)
+            push.with_options(**remote)(root)
         run_id = f"prefect-{flow_run.id or time.strftime('%Y%m%dT%H%M%S')}"
         for stage in stage_order(root):
-            retries = params.retries if stage in REMOTE_STAGES else 0
-            run_stage.with_options(name=stage, retries=retries,
-                                   retry_delay_seconds=exponential_backoff(backoff_factor=params.retry_delay_seconds)
-                                   )(root, stage, run_id)
+            run_stage.with_options(name=stage, **(remote if stage in REMOTE_STAGES else {"retries": 0}))(
+                root, stage, run_id)
         if params.push:
-            push.with_options(retries=params.retries)(root)
+            push.with_options(**remote)(root)
         committed = commit(root, version) if params.commit else "commit disabled in params"
     registry = json.loads((root / "reports" / "registry.json").read_text())
     return {"status": "trained", "data_version": version, "committed": committed,

@@ -37,7 +37,7 @@ def roc_auc(y: np.ndarray, probs: np.ndarray) -> float:
 
 def scores(y: np.ndarray, probs: np.ndarray, classes, positive, bins: int) -> dict:
     pred = probs.argmax(1)
-    precision, recall, _, support = precision_recall_fscore_support(
+    precision, recall, _, _ = precision_recall_fscore_support(
         y, pred, labels=list(range(len(classes))), zero_division=0)
     out = {"accuracy": float(accuracy_score(y, pred)), "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
            "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(len(classes))), zero_division=0)),
@@ -76,12 +76,17 @@ def log_to_mlflow(info: dict, result: dict, files: list[Path]) -> None:
             mlflow.log_artifact(str(f), artifact_path="test")
 
 
+def predict_test(predict, size: int, test: pd.DataFrame, raw: Path, classes: list[str]):
+    """Class indices and predicted probabilities of the test split, for any model's predict function."""
+    y = np.array([classes.index(c) for c in test.label])
+    return y, predict(load_batch([raw / p for p in test.path], size))
+
+
 def evaluate_one(name, info, test, raw, classes, positive, params, seed: int, out: dict[str, Path]) -> dict:
     import keras
 
     model = keras.saving.load_model(out["models"] / name / "model.keras")
-    y = np.array([classes.index(c) for c in test.label])
-    probs = model.predict(load_batch([raw / p for p in test.path], info["image_size"]), verbose=0)
+    y, probs = predict_test(lambda x: model.predict(x, verbose=0), info["image_size"], test, raw, classes)
     result = scores(y, probs, classes, positive, params.calibration_bins)
     result["ci95_low"], result["ci95_high"] = bootstrap_interval(
         y, probs, params.select_by, classes, positive, params.bootstrap, seed, params.calibration_bins)

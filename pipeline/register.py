@@ -12,13 +12,11 @@ import argparse
 import base64
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline.images import load_batch
 from pipeline.params import load_section
 
 PIPELINE_DIR = Path(__file__).resolve().parent
@@ -29,14 +27,12 @@ class RegistryUnavailable(RuntimeError):
 
 
 def client_or_fail():
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     from pipeline import tracking
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI", tracking.DEFAULT_URI)
+    uri = tracking.tracking_uri()  # only sets the URI: nothing is contacted before the try
     try:
-        mlflow.set_tracking_uri(uri)
         client = MlflowClient()
         client.search_registered_models(max_results=1)
         return client
@@ -57,14 +53,13 @@ def current_champion(client, name: str):
 
 def score_version(name: str, version: str, test: pd.DataFrame, raw: Path, base, bins: int) -> dict | None:
     """The champion's scores on today's test split, or None if its classes differ."""
-    from pipeline.evaluate import scores
+    from pipeline.evaluate import predict_test, scores
     from pipeline.inference import load_classifier
 
     classifier = load_classifier(f"models:/{name}/{version}")
     if list(classifier.classes) != list(base.classes):
         return None
-    y = np.array([base.classes.index(c) for c in test.label])
-    probs = classifier.predict(load_batch([raw / p for p in test.path], classifier.size))
+    y, probs = predict_test(classifier.predict, classifier.size, test, raw, list(base.classes))
     return scores(y, probs, list(base.classes), list(base.positive_classes), bins)
 
 

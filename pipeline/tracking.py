@@ -11,11 +11,20 @@ import yaml
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
-def setup(experiment: str) -> str:
-    """Point MLflow at MLFLOW_TRACKING_URI (default: SQLite, artifacts under mlruns/); returns the experiment id."""
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else the SQLite default; pointed at by every stage that logs."""
     import mlflow
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI))
+    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def setup(experiment: str) -> str:
+    """Point MLflow at its store (artifacts under mlruns/ for SQLite); returns the experiment id."""
+    import mlflow
+
+    tracking_uri()
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id

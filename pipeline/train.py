@@ -79,6 +79,10 @@ def compile_fit(model, x, y, val, params: Train, lr: float, epochs: int, weights
                      class_weight=weights, shuffle=True, verbose=0, callbacks=callbacks(params, log))
 
 
+def finetunes(params: Train) -> bool:
+    return params.finetune_epochs > 0 and params.finetune_layers > 0
+
+
 def stack(layers, x):
     for layer in layers:
         x = layer(x)
@@ -107,7 +111,7 @@ def fit_cached(parts: Parts, data: dict, params: Train, weights, log) -> None:
 
     base, head = parts.base, parts.head
     (x, y), (xv, yv) = data["train"], data["val"]
-    finetune = params.finetune_epochs > 0 and params.finetune_layers > 0
+    finetune = finetunes(params)
     cut = find_cut(base, params.finetune_layers) if finetune else None
     base.trainable = False
     front, top = split_base(parts, cut)
@@ -131,7 +135,7 @@ def fit_plain(parts: Parts, data: dict, params: Train, weights, log) -> None:
     (x, y), val = data["train"], data["val"]
     base.trainable = False
     compile_fit(model, x, y, val, params, params.head_learning_rate, params.head_epochs, weights, log("head"))
-    if params.finetune_epochs <= 0 or params.finetune_layers <= 0:
+    if not finetunes(params):
         return
     set_trainable(base, find_cut(base, params.finetune_layers))
     compile_fit(model, x, y, val, params, params.finetune_learning_rate, params.finetune_epochs, weights, log("finetune"))
