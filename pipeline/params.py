@@ -89,8 +89,9 @@ class Train:
 
 @dataclass(frozen=True)
 class Evaluate:
-    select_by: str
-    bootstrap: int
+    select_by: str                # chosen on validation
+    bootstrap: int                # group resamples for intervals
+    confidence: float             # two-sided interval level
     calibration_bins: int
 
 
@@ -104,8 +105,25 @@ class Export:
 @dataclass(frozen=True)
 class Register:
     model_name: str
-    tolerance: float                        # the new model may trail the champion by this much on select_by
+    rule: str                               # superiority | non_inferiority
+    margin: float                           # non-inferiority margin on evaluate.select_by
+    confidence: float                       # one-sided confidence of the paired comparison
+    bootstrap: int                          # paired group resamples
     min_sensitivity: dict[str, float]       # clinical gates: class -> minimum test recall
+    gate_on: str                            # point | lower_bound
+    require_approval: bool                  # clinician sign-off before @champion moves
+    approval_timeout_seconds: int
+    lock_timeout_seconds: int               # wait for another register moving @champion
+
+
+@dataclass(frozen=True)
+class LabelReview:
+    architecture: str             # feature extractor (frozen, pretrained)
+    weights: str                  # imagenet | path to a weights file
+    alpha: float
+    image_size: int
+    folds: int                    # grouped folds for out-of-fold probabilities
+    sheet_images: int
 
 
 @dataclass(frozen=True)
@@ -122,7 +140,8 @@ class Flow:
 
 SECTIONS: dict[str, type] = {"base": Base, "validate": Validate, "dedup": Dedup, "split": Split,
                              "augment": Augment, "train": Train, "evaluate": Evaluate,
-                             "export": Export, "register": Register, "flow": Flow}
+                             "export": Export, "register": Register, "label_review": LabelReview,
+                             "flow": Flow}
 
 
 def _coerce(value, kind, where: str):
