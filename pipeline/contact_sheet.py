@@ -34,3 +34,53 @@ def draw_contact_sheet(groups: pd.DataFrame, raw_dir: Path, max_groups: int, out
             sheet.paste(thumb, (x, y))
             pen.text((x + 2, y + THUMB), row.label[:14], fill="red" if row.conflict else "black")
     sheet.save(out)
+
+
+LABEL_CELL, LABEL_THUMB, LABEL_COLS, LINE = 200, 160, 6, 15
+
+
+def _fit(text: str, font, width: int) -> str:
+    """text, cut with an ellipsis so it fits `width` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _caption(row, font, width: int) -> list[str]:
+    """'#rank label -> suggested (quality)' on one line, or split after the arrow when too wide."""
+    one = f"#{row.rank} {row.label} -> {row.suggested_label} ({row.label_quality:.2f})"
+    if font.getlength(one) <= width:
+        return [one]
+    return [_fit(f"#{row.rank} {row.label} ->", font, width),
+            _fit(f"{row.suggested_label} ({row.label_quality:.2f})", font, width)]
+
+
+def draw_label_issue_sheet(issues: pd.DataFrame, raw_dir: Path, max_images: int, out: Path) -> None:
+    """The most suspicious images (rank order) captioned 'label -> suggested (label quality)', for review."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(12)
+    shown = issues.sort_values("rank").head(max_images)
+    rows = -(-len(shown) // LABEL_COLS)
+    top, cell_h = 3 * LINE, LABEL_THUMB + 2 * LINE + 8
+    sheet = Image.new("RGB", (LABEL_COLS * LABEL_CELL, top + max(1, rows) * cell_h), "white")
+    pen = ImageDraw.Draw(sheet)
+    if shown.empty:
+        pen.text((6, 6), "No suspected label errors: nothing was flagged, nothing to review.", fill="black", font=font)
+        sheet.save(out)
+        return
+    pen.text((6, 4), f"Suspected label errors: {len(shown)} most suspicious of {len(issues)} flagged, "
+                     "most suspicious first.", fill="black", font=font)
+    pen.text((6, 4 + LINE), "Caption: given label -> suggested label (label quality: the model's probability "
+                            "of the given label). Flagged for review only; nothing was excluded.",
+             fill="dimgray", font=font)
+    for i, row in enumerate(shown.itertuples()):
+        x, y = (i % LABEL_COLS) * LABEL_CELL, top + (i // LABEL_COLS) * cell_h
+        thumb = load_rgb(raw_dir / row.path)
+        thumb.thumbnail((LABEL_THUMB, LABEL_THUMB))
+        sheet.paste(thumb, (x + (LABEL_CELL - thumb.width) // 2, y + (LABEL_THUMB - thumb.height) // 2))
+        for j, line in enumerate(_caption(row, font, LABEL_CELL - 6)):
+            pen.text((x + 3, y + LABEL_THUMB + 2 + j * LINE), line, fill="firebrick", font=font)
+    sheet.save(out)

@@ -90,8 +90,14 @@ def build_groups(images: pd.DataFrame, group_of: dict[str, str], copies_of: dict
     return groups[["path", "label", "group_id", "conflict", "sha256", "duplicate_of", "mixed_labels"]]
 
 
-def quarantine(groups: pd.DataFrame, raw_dir: Path, out_dir: Path) -> pd.DataFrame:
-    """Copy every image of a conflicting group to out_dir/<group>/ and write the re-annotation CSV."""
+def quarantine(groups: pd.DataFrame, resolved: pd.DataFrame, raw_dir: Path, out_dir: Path) -> pd.DataFrame:
+    """Copy every image of a conflicting group to out_dir/<group>/ and write the review sheet.
+
+    The sheet lists open conflicts (copied here, `correct_label` to fill) and conflicts already
+    resolved by a clinician's decision (with that decision), so a reviewer sees earlier answers.
+    Decisions are recorded in data/labels/corrections.csv (`python -m pipeline.labels import`),
+    never in this regenerated folder.
+    """
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
@@ -102,11 +108,22 @@ def quarantine(groups: pd.DataFrame, raw_dir: Path, out_dir: Path) -> pd.DataFra
         target.parent.mkdir(exist_ok=True)
         shutil.copy2(raw_dir / row.path, target)
         copies.append(target.relative_to(out_dir).as_posix())
-    sheet = conflicts[["group_id", "path", "label", "sha256"]].rename(columns={"label": "current_label"})
-    sheet["quarantined_copy"] = copies
-    sheet["correct_label"] = ""  # for the clinician; the fix is made in data/raw, never by a stage
+    conflicts["quarantined_copy"], conflicts["status"] = copies, "open"
+    resolved = resolved.assign(quarantined_copy="", status="resolved")
+    sheet = pd.concat([conflicts, resolved], ignore_index=True)
+    sheet = sheet.rename(columns={"label": "current_label"})[
+        ["status", "group_id", "path", "folder_label", "current_label", "sha256", "quarantined_copy", "decision"]]
+    sheet["correct_label"] = ""  # for the clinician: then `python -m pipeline.labels import <this sheet> --who NAME`
     sheet.to_csv(out_dir / "conflicts.csv", index=False)
     return sheet
+
+
+def resolved_conflicts(images: pd.DataFrame, groups: pd.DataFrame, group_of, copies_of) -> pd.DataFrame:
+    """Images that would conflict under their folder labels but no longer do after clinicians' decisions."""
+    by_folder = build_groups(images.assign(label=images.folder_label), group_of, copies_of).set_index("path")
+    now = groups.set_index("path")
+    was = by_folder.conflict & ~now.conflict.reindex(by_folder.index, fill_value=False)
+    return now.loc[was[was].index.intersection(now.index)].reset_index()
 
 
 def summarize(groups: pd.DataFrame, fresh: int) -> dict:
@@ -138,6 +155,8 @@ def run(params_path: Path, raw_dir: Path, manifest_path: Path, outputs: dict[str
         raise SystemExit("dedup: dedup.hash_size must be 2..8 (hashes of at most 64 bits)")
     manifest = pd.read_csv(manifest_path, keep_default_na=False)
     images = manifest[manifest.status == "ok"]
+    for column, default in (("folder_label", images.label), ("decision", "")):  # manifests before label decisions
+        images = images.assign(**{column: images[column] if column in images else default})
     cache_path = outputs["cache"]
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     paths_by_sha = {sha: raw_dir / path for sha, path in zip(images.sha256, images.path)}
@@ -145,13 +164,17 @@ def run(params_path: Path, raw_dir: Path, manifest_path: Path, outputs: dict[str
     group_of, copies_of = group_contents(hashes, params.max_distance, params.hash_size ** 2,
                                          params.conflict_max_distance)
     groups = build_groups(images, group_of, copies_of)
+    bits = f"{params.hash}:{params.hash_size}:"  # the ledger in split compares hashes of the same kind only
+    groups["phash"] = groups.sha256.map(lambda sha: bits + format(hashes[sha], "x"))
+    details = images.set_index("path")[["folder_label", "decision"]]
+    resolved = resolved_conflicts(images, groups, group_of, copies_of).join(details, on="path")
     for key in ("groups", "cache", "report", "sheet"):
         outputs[key].parent.mkdir(parents=True, exist_ok=True)
     cache_path.write_text(json.dumps(cache, sort_keys=True))
     groups.to_csv(outputs["groups"], index=False)
-    quarantine(groups, raw_dir, outputs["quarantine"])
+    quarantine(groups.join(details, on="path"), resolved, raw_dir, outputs["quarantine"])
     draw_contact_sheet(groups, raw_dir, params.contact_sheet_groups, outputs["sheet"])
-    summary = summarize(groups, fresh)
+    summary = {**summarize(groups, fresh), "conflict_images_resolved_by_decisions": int(len(resolved))}
     outputs["report"].write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

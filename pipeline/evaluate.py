@@ -1,9 +1,13 @@
-"""evaluate: every trained architecture on the test split; pick the best by evaluate.select_by.
+"""evaluate: choose the architecture on the validation split; report every one on the test split.
 
-Metrics: accuracy, balanced accuracy, macro F1, per-class precision and recall (sensitivity
-of the positive classes), one-vs-rest ROC-AUC, expected calibration error, and a 95%
-bootstrap interval for the selection metric. Test metrics and the test confusion matrix go
-to each architecture's MLflow run; the leaderboard goes to the pipeline's parent run.
+Choosing on the test split and then comparing that best-of-N score with the champion on the
+same images is a winner's curse: it favours whichever architecture got lucky on the test set.
+So the choice uses `evaluate.select_by` on the validation split, and the test split is touched
+once per architecture, for the report and (in register) the champion comparison.
+Test metrics come with intervals that resample duplicate groups (the independent unit) and
+never collapse to a point on a small split; per-class sensitivity and specificity with exact
+intervals; a class absent from the test split is "not measured". Per-image test predictions
+are written for register's paired comparison.
 """
 from __future__ import annotations
 
@@ -13,89 +17,97 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
 
+from pipeline import stats
 from pipeline.images import load_batch
 from pipeline.params import load_section
 from pipeline.reporting import confusion, write_confusion_json, write_confusion_png
 
-
-def calibration_error(y: np.ndarray, probs: np.ndarray, bins: int) -> float:
-    """Expected calibration error of the top-1 confidence, equal-width bins."""
-    confidence, correct = probs.max(1), probs.argmax(1) == y
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    return float(sum(abs(confidence[which == b].mean() - correct[which == b].mean()) * (which == b).mean()
-                     for b in range(bins) if (which == b).any()))
+INTERVAL_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "roc_auc")
 
 
-def roc_auc(y: np.ndarray, probs: np.ndarray) -> float:
-    if len(np.unique(y)) < probs.shape[1]:
-        return float("nan")  # one-vs-rest AUC needs every class present
-    return float(roc_auc_score(y, probs, multi_class="ovr", labels=list(range(probs.shape[1]))))
+def selectable(classes, positive) -> list[str]:
+    return ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"] + [f"sensitivity_{c}" for c in positive]
 
 
-def scores(y: np.ndarray, probs: np.ndarray, classes, positive, bins: int) -> dict:
-    pred = probs.argmax(1)
-    precision, recall, _, _ = precision_recall_fscore_support(
-        y, pred, labels=list(range(len(classes))), zero_division=0)
-    out = {"accuracy": float(accuracy_score(y, pred)), "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-           "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(len(classes))), zero_division=0)),
-           "roc_auc": roc_auc(y, probs), "ece": calibration_error(y, probs, bins), "test_images": int(len(y))}
-    for i, c in enumerate(classes):
-        out[f"precision_{c}"], out[f"recall_{c}"] = float(precision[i]), float(recall[i])
-    for c in positive:
-        out[f"sensitivity_{c}"] = out[f"recall_{c}"]
-    return out
+def predict_rows(predict, size: int, rows: pd.DataFrame, raw: Path, classes: list[str]):
+    """Class indices and predicted probabilities of some split rows, for any model's predict function."""
+    y = np.array([classes.index(c) for c in rows.label], dtype=int)
+    return y, predict(load_batch([raw / p for p in rows.path], size))
 
 
-def bootstrap_interval(y, probs, metric: str, classes, positive, n: int, seed: int, bins: int = 10) -> list[float]:
-    """95% percentile interval of `metric` over n resamples of the test images."""
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n):
-        idx = rng.integers(0, len(y), len(y))
-        values.append(scores(y[idx], probs[idx], classes, positive, bins)[metric])
-    values = np.array(values)[~np.isnan(values)]
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if len(values) else [np.nan] * 2
+def test_report(y, probs, groups, classes, params, seed: int) -> dict:
+    """Intervals by duplicate group for the headline metrics, exact per-class intervals."""
+    names = dict.fromkeys([params.select_by, *INTERVAL_METRICS])  # ordered, no repeats
+    return {"intervals": {m: stats.interval(m, y, probs, groups, classes, params.bootstrap, seed, params.confidence)
+                          for m in names},
+            "classes": stats.class_intervals(y, probs.argmax(1), groups, classes, params.confidence)}
 
 
-def leaderboard(results: dict[str, dict], select_by: str) -> pd.DataFrame:
-    table = pd.DataFrame.from_dict(results, orient="index").rename_axis("architecture").reset_index()
-    order = table.sort_values([select_by, "roc_auc", "architecture"], ascending=[False, False, True], na_position="last")
-    return order.reset_index(drop=True)
+def write_predictions(rows: pd.DataFrame, probs: np.ndarray, classes, path: Path) -> None:
+    table = rows[[c for c in ("path", "sha256", "group_id", "label") if c in rows]].reset_index(drop=True)
+    table = pd.concat([table, pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])], axis=1)
+    table.to_csv(path, index=False)
+
+
+def evaluate_one(name, info, sets, raw, base, params, out: dict[str, Path]) -> dict:
+    import keras
+
+    classes, positive = list(base.classes), list(base.positive_classes)
+    model = keras.saving.load_model(out["models"] / name / "model.keras")
+    predict = lambda x: model.predict(x, verbose=0)  # noqa: E731
+    result = {"run_id": info["run_id"]}
+    for split in ("val", "test"):
+        y, probs = predict_rows(predict, info["image_size"], sets[split], raw, classes)
+        result[split] = stats.scores(y, probs, classes, positive, params.calibration_bins)
+    result["test_report"] = test_report(y, probs, sets["test"].group_id.to_numpy(), classes, params, base.seed)
+    png, records = out["figures"] / f"{name}_test_confusion.png", out["plots"] / f"{name}.json"
+    write_confusion_png(confusion(y, probs.argmax(1), len(classes)), classes, f"{name}: test", png)
+    write_confusion_json(y, probs.argmax(1), classes, records)
+    predictions = out["figures"] / f"{name}_test_predictions.csv"
+    write_predictions(sets["test"], probs, classes, predictions)
+    result["predictions"] = predictions.as_posix()
+    log_to_mlflow(info, result, [png, records, predictions])
+    return result
 
 
 def log_to_mlflow(info: dict, result: dict, files: list[Path]) -> None:
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
-    with mlflow.start_run(run_id=info["run_id"]):
-        mlflow.log_metrics({f"test_{k}": v for k, v in result.items()
-                            if isinstance(v, float) and not np.isnan(v)})
-        for f in files:
-            mlflow.log_artifact(str(f), artifact_path="test")
-
-
-def predict_test(predict, size: int, test: pd.DataFrame, raw: Path, classes: list[str]):
-    """Class indices and predicted probabilities of the test split, for any model's predict function."""
-    y = np.array([classes.index(c) for c in test.label])
-    return y, predict(load_batch([raw / p for p in test.path], size))
+    client = MlflowClient()
+    values = {f"{split}_{k}": v for split in ("val", "test") for k, v in result[split].items() if isinstance(v, float)}
+    for m, ci in result["test_report"]["intervals"].items():
+        values.update({f"test_{m}_low": ci["low"], f"test_{m}_high": ci["high"]} if ci["low"] is not None else {})
+    for k, v in values.items():
+        client.log_metric(info["run_id"], k, v)
+    for f in files:
+        client.log_artifact(info["run_id"], str(f), artifact_path="test")
 
 
-def evaluate_one(name, info, test, raw, classes, positive, params, seed: int, out: dict[str, Path]) -> dict:
-    import keras
+def leaderboard(results: dict[str, dict], select_by: str, positive) -> pd.DataFrame:
+    """One row per architecture, validation beside test; sorted by the validation score that chooses."""
+    rows = []
+    for name, r in results.items():
+        ci = r["test_report"]["intervals"][select_by]
+        rows.append({"architecture": name, f"val_{select_by}": r["val"][select_by],
+                     f"test_{select_by}": r["test"][select_by], f"test_{select_by}_low": ci["low"],
+                     f"test_{select_by}_high": ci["high"], "val_roc_auc": r["val"]["roc_auc"],
+                     "test_balanced_accuracy": r["test"]["balanced_accuracy"], "test_roc_auc": r["test"]["roc_auc"],
+                     **{f"test_sensitivity_{c}": r["test"].get(f"sensitivity_{c}") for c in positive}})
+    table = pd.DataFrame(rows)
+    table = table.sort_values([f"val_{select_by}", "val_roc_auc", "architecture"], ascending=[False, False, True],
+                              na_position="last").reset_index(drop=True)
+    table.insert(1, "chosen", table.index == 0)
+    return table
 
-    model = keras.saving.load_model(out["models"] / name / "model.keras")
-    y, probs = predict_test(lambda x: model.predict(x, verbose=0), info["image_size"], test, raw, classes)
-    result = scores(y, probs, classes, positive, params.calibration_bins)
-    result["ci95_low"], result["ci95_high"] = bootstrap_interval(
-        y, probs, params.select_by, classes, positive, params.bootstrap, seed, params.calibration_bins)
-    png, records = out["figures"] / f"{name}_test_confusion.png", out["plots"] / f"{name}.json"
-    matrix = confusion(y, probs.argmax(1), len(classes))
-    write_confusion_png(matrix, classes, f"{name}: test", png)
-    write_confusion_json(y, probs.argmax(1), classes, records)
-    log_to_mlflow(info, result, [png, records])
-    return {**result, "run_id": info["run_id"]}
+
+def read_sets(split_csv: Path) -> dict[str, pd.DataFrame]:
+    split = pd.read_csv(split_csv, keep_default_na=False)
+    sets = {s: split[split.split == s].reset_index(drop=True) for s in ("val", "test")}
+    for s, rows in sets.items():
+        if rows.empty:
+            raise SystemExit(f"evaluate: the {s} split is empty; add images or raise split.{s}")
+    return sets
 
 
 def run(params_path: Path, raw: Path, split_csv: Path, out: dict[str, Path]) -> dict:
@@ -103,39 +115,50 @@ def run(params_path: Path, raw: Path, split_csv: Path, out: dict[str, Path]) -> 
 
     base, params = load_section("base", params_path), load_section("evaluate", params_path)
     train = load_section("train", params_path)
-    classes, positive = list(base.classes), list(base.positive_classes)
-    valid = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"] + [f"sensitivity_{c}" for c in positive]
-    if params.select_by not in valid:
-        raise SystemExit(f"evaluate: select_by {params.select_by!r} is not one of {', '.join(valid)}")
-    test = pd.read_csv(split_csv, keep_default_na=False).query("split == 'test'")
+    if params.select_by not in selectable(base.classes, base.positive_classes):
+        raise SystemExit(f"evaluate: select_by {params.select_by!r} is not one of "
+                         f"{', '.join(selectable(base.classes, base.positive_classes))}")
+    sets = read_sets(split_csv)
     tracking.setup(train.experiment)
     results = {}
     for name in train.architectures:
         info = json.loads((out["models"] / name / "run.json").read_text())
-        results[name] = evaluate_one(name, info, test, raw, classes, positive, params, base.seed, out)
-    board = leaderboard(results, params.select_by)
-    best = board.iloc[0]
-    summary = {"architectures": results, "best": {
-        "architecture": best.architecture, "select_by": params.select_by, "value": float(best[params.select_by]),
-        "ci95": [float(best.ci95_low), float(best.ci95_high)], "run_id": best.run_id,
-        "model": (out["models"] / best.architecture / "model.keras").as_posix()}}
-    out["metrics"].write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        results[name] = evaluate_one(name, info, sets, raw, base, params, out)
+    board = leaderboard(results, params.select_by, base.positive_classes)
+    name = board.architecture.iloc[0]
+    chosen = results[name]
+    summary = {"chosen_on": "val", "select_by": params.select_by, "confidence": params.confidence,
+               "architectures": results, "best": {
+                   "architecture": name, "chosen_on": "val", "select_by": params.select_by,
+                   "val_value": chosen["val"][params.select_by], "test_value": chosen["test"][params.select_by],
+                   "test_interval": chosen["test_report"]["intervals"][params.select_by],
+                   "run_id": chosen["run_id"], "predictions": chosen["predictions"],
+                   "model": (out["models"] / name / "model.keras").as_posix()}}
+    out["metrics"].write_text(json.dumps(summary, indent=2) + "\n")
     board.to_csv(out["leaderboard"], index=False)
-    log_leaderboard(json.loads((out["models"] / best.architecture / "run.json").read_text()), out, summary["best"])
+    log_leaderboard(json.loads((out["models"] / name / "run.json").read_text()), out, summary["best"])
     return summary
 
 
 def log_leaderboard(info: dict, out: dict[str, Path], best: dict) -> None:
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
-    with mlflow.start_run(run_id=info["parent_run_id"]):
-        mlflow.log_artifact(str(out["leaderboard"]))
-        mlflow.set_tags({"best_architecture": best["architecture"], "best_run_id": best["run_id"]})
-        mlflow.log_metric(f"best_test_{best['select_by']}", best["value"])
+    client, parent = MlflowClient(), info["parent_run_id"]
+    client.log_artifact(parent, str(out["leaderboard"]))
+    client.set_tag(parent, "best_architecture", best["architecture"])
+    client.set_tag(parent, "best_run_id", best["run_id"])
+    client.set_tag(parent, "chosen_on", "val")
+    for key in ("val_value", "test_value"):
+        if best[key] is not None:
+            client.log_metric(parent, f"best_{key.split('_')[0]}_{best['select_by']}", best[key])
+
+
+def fmt(value, digits: int = 3) -> str:
+    return "not measured" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     for flag in ("raw", "split", "models", "metrics", "leaderboard", "figures", "plots"):
         parser.add_argument(f"--{flag}", type=Path, required=True)
@@ -144,9 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("figures", "plots"):
         out[key].mkdir(parents=True, exist_ok=True)
     out["metrics"].parent.mkdir(parents=True, exist_ok=True)
-    best = run(args.params, args.raw, args.split, out)["best"]
-    print(f"evaluate: best is {best['architecture']} with test {best['select_by']} {best['value']:.3f} "
-          f"(95% CI {best['ci95'][0]:.3f}-{best['ci95'][1]:.3f})")
+    s = run(args.params, args.raw, args.split, out)
+    best, ci = s["best"], s["best"]["test_interval"]
+    print(f"evaluate: chose {best['architecture']} on validation {best['select_by']} {fmt(best['val_value'])}; "
+          f"its test {best['select_by']} {fmt(best['test_value'])} "
+          f"({s['confidence']:.0%} interval {fmt(ci['low'])} to {fmt(ci['high'])}, by duplicate group)")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,19 @@
-"""A model card (markdown) for each registered version: what it was trained on and how it scored."""
+"""A model card (markdown) for each registered version: what it was trained on, how it was chosen,
+how it scored on the test split with honest intervals, and why the registry did what it did."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import numpy as np
+
+
+def fmt(value, digits: int = 3) -> str:
+    return "not measured" if value is None else f"{value:.{digits}f}"
+
+
+def span(ci) -> str:
+    return "-" if ci is None or ci[0] is None else f"{ci[0]:.3f} to {ci[1]:.3f}"
 
 
 def confusion_table(records: list[dict], classes: list[str]) -> str:
@@ -15,54 +24,88 @@ def confusion_table(records: list[dict], classes: list[str]) -> str:
     return head + "\n".join(f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(classes, matrix))
 
 
+def selection_table(metrics: dict) -> str:
+    key = metrics["select_by"]
+    rows = [f"| {name}{' (chosen)' if name == metrics['best']['architecture'] else ''} | {fmt(r['val'][key])} | "
+            f"{fmt(r['test'][key])} | {span([r['test_report']['intervals'][key]['low'], r['test_report']['intervals'][key]['high']])} |"
+            for name, r in metrics["architectures"].items()]
+    return f"| architecture | validation {key} | test {key} | test interval |\n|---|---|---|---|\n" + "\n".join(rows)
+
+
+def metric_rows(report: dict) -> str:
+    return "\n".join(f"| {m} | {fmt(ci['estimate'])} | {span([ci['low'], ci['high']])} |"
+                     for m, ci in report["intervals"].items())
+
+
+def class_rows(report: dict, classes) -> str:
+    rows = []
+    for c in classes:
+        r = report["classes"][c]
+        rows.append(f"| {c} | {r['images']} ({r['groups']} groups) | {fmt(r['sensitivity'])} | "
+                    f"{span(r['sensitivity_ci'])} | {fmt(r['specificity'])} | {span(r['specificity_ci'])} |")
+    return "\n".join(rows)
+
+
 def render(name: str, version: str, decision: dict, metrics: dict, reports: Path, lineage: dict, classes) -> str:
     best = metrics["best"]
-    scores = metrics["architectures"][best["architecture"]]
+    chosen = metrics["architectures"][best["architecture"]]
+    report, level = chosen["test_report"], f"{metrics['confidence']:.0%}"
     validation = json.loads((reports / "validation.json").read_text())
     dedup = json.loads((reports / "dedup.json").read_text())
     split = json.loads((reports / "split.json").read_text())
     records = json.loads((reports / "confusion" / f"{best['architecture']}.json").read_text())
-    rows = "\n".join(f"| {k} | {scores[k]:.3f} |" for k in ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc", "ece")
-                     if k in scores) + "\n" + "\n".join(
-        f"| recall (sensitivity) {c} | {scores[f'recall_{c}']:.3f} |" for c in classes)
     sizes = "\n".join(f"| {s} | " + " | ".join(str(split["per_split"][s][c]) for c in classes) + " |"
                       for s in ("train", "val", "test"))
+    method = report["intervals"][best["select_by"]]["method"]
     return f"""# Model card: {name} version {version}
 
 > **Research use only.** Not a medical device and not validated for clinical decisions.
 > Every prediction must be reviewed by a qualified clinician.
 
-- Architecture: {best['architecture']} (MLflow run `{best['run_id']}`)
+- Architecture: {best['architecture']} (MLflow run `{best['run_id']}`), chosen on the **validation** split by
+  {best['select_by']}; the test split was used only to report and to compare with the champion.
 - Registry decision: **{decision['alias']}**: {decision['reason']}
 - Data version (md5 of `data/raw`): `{lineage['data_version']}`; git commit `{lineage['git_commit']}`;
   params digest `{lineage['params_digest']}`
 
 ## Intended use
-Triage support for research on oral photographs labelled {', '.join(classes)}: flagging images
+Triage support for research on photographs labelled {', '.join(classes)}: flagging images
 for specialist review. Not for diagnosis, not for populations, cameras or lesion types absent
 from the training data.
 
 ## Data
-{validation['files']} files received, {validation['ok']} usable, {validation['excluded']} excluded with a reason.
+{validation['files']} files received, {validation['ok']} usable, {validation['excluded']} excluded with a reason;
+{validation.get('label_decisions_applied', 0)} clinician label decisions applied.
 {dedup['exact_duplicate_images']} exact duplicate copies and {dedup['duplicate_groups']} duplicate groups found;
 {dedup['conflict_images']} images in {dedup['conflict_groups']} label-conflict groups were quarantined.
-Splits are by duplicate group (no near-duplicate crosses splits), stratified by class:
+Splits are by duplicate group (no near-duplicate crosses splits), stratified by class; content that
+was ever trained on never enters validation or test:
 
 | split | {' | '.join(classes)} |
 |---|{'---|' * len(classes)}
 {sizes}
 
-## Test metrics ({scores['test_images']} images)
-| metric | value |
-|---|---|
-{rows}
+## How the architecture was chosen
+{selection_table(metrics)}
 
-{best['select_by']}: {best['value']:.3f}, 95% bootstrap interval {best['ci95'][0]:.3f} to {best['ci95'][1]:.3f}.
+## Test metrics ({chosen['test']['test_images']} images)
+| metric | estimate | {level} interval |
+|---|---|---|
+{metric_rows(report)}
+
+Intervals: {method}
+
+## Per class (test), exact intervals counting each duplicate group once
+| class | images | sensitivity | {level} interval | specificity | {level} interval |
+|---|---|---|---|---|---|
+{class_rows(report, classes)}
+
+"not measured": the class has no image in the test split, so nothing can be said about it.
 
 ## Confusion matrix (test)
 {confusion_table(records, list(classes))}
 
 ## Limitations
-Small dataset; intervals above are wide for small test sets. Calibration (ECE above) was
-measured on the test split only. Performance on other devices and populations is unknown.
+Small dataset: read the intervals, not the point estimates. Calibration (ECE {fmt(chosen['test']['ece'])})
+was measured on the test split only. Performance on other devices and populations is unknown.
 """

@@ -161,7 +161,11 @@ def build_model(name: str, n_classes: int, weights: str, size: int | None = None
     x = inputs
     for layer in prep:
         x = layer(x)
-    x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
+    # Keras 3 passes the outer call's `training` flag through nested functional calls, so this
+    # `training=False` does not freeze anything by itself: a BatchNorm layer runs in inference mode
+    # when it is not trainable. Training freezes the pretrained base (phase 1) and keeps its BatchNorm
+    # layers frozen when fine-tuning (train.set_trainable); a scratch network trains all of them.
+    x = base(x, training=False)
     for layer in head:
         x = layer(x)
     return Parts(keras.Model(inputs, x, name=name), prep, base, head)

@@ -1,12 +1,16 @@
-"""split: train/val/test by duplicate group, stratified by class, stable as data grows.
+"""split: train/val/test by duplicate group, stratified by class, with a ledger that never forgets.
 
-A group never straddles two splits. Images assigned by an earlier run keep their split,
-so champion and challenger are compared on the same test images. Only new groups are
-placed, each into the split of its class that is furthest below its target share.
-If new images merge groups that earlier runs put in different splits, the merged group
-goes to the least held-out split among them (train, then val, then test): held-out images
-may move into training, but a training image never moves into a held-out split, where it
-would inflate the scores of a model that has already seen it.
+A group never straddles two splits. The ledger (`ledger.csv`, persisted across runs and data
+versions) remembers, for every image content (sha256) ever assigned, the most training-ward
+split it ever had, and its perceptual hash. Its rules:
+- content that was ever in training, or a near-duplicate of it (within `dedup.max_distance`),
+  is never placed in val or test again, whatever its path, label or group now;
+- held-out content keeps its split (so champion and challenger meet the same test images);
+- held-out images may move into training when new images merge their group with a training
+  group (never the reverse); val and test merged go to val. Every move is reported, with why.
+Content leaving the data (a quarantined conflict, a deleted copy) stays in the ledger, so it
+cannot come back as "new" into a held-out split. New groups go, largest first, to the split
+their class lacks most (seeded order among equals).
 """
 from __future__ import annotations
 
@@ -15,17 +19,21 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from pipeline.hamming import near_pairs
 from pipeline.params import Base, Split, load_section
 
 SPLITS = ("train", "val", "test")
+LEDGER = ["sha256", "phash", "split", "first_split", "path", "label"]
 
 
 def training_rows(groups: pd.DataFrame) -> pd.DataFrame:
     """The images a model may see: no label conflicts and one copy of each exact duplicate."""
     keep = ~groups.conflict.astype(bool) & (groups.duplicate_of.fillna("") == "")
-    return groups.loc[keep, ["path", "label", "group_id"]].sort_values("path").reset_index(drop=True)
+    cols = [c for c in ("path", "label", "group_id", "sha256", "phash") if c in groups]
+    return groups.loc[keep, cols].sort_values("path").reset_index(drop=True)
 
 
 def ratios(params: Split) -> dict[str, float]:
@@ -35,14 +43,44 @@ def ratios(params: Split) -> dict[str, float]:
     return {"train": train, "val": params.val, "test": params.test}
 
 
-def keep_previous(rows: pd.DataFrame, previous: dict[str, str]) -> dict[str, str]:
-    """group -> split for every group with an image placed by an earlier run."""
+def parse_hash(value: str) -> tuple[str, int] | None:
+    """'phash:8:abc' -> ('phash:8', 0xabc); None when missing."""
+    kind, _, digits = str(value).rpartition(":")
+    return (kind, int(digits, 16)) if kind and digits else None
+
+
+def near_trained(rows: pd.DataFrame, ledger: pd.DataFrame, max_distance: int) -> pd.Series:
+    """For each row: the path-free reason it must train (near-duplicate of ever-trained content), or ''."""
+    reasons = pd.Series("", index=rows.index)
+    trained = ledger[ledger.split == "train"]
+    mine, theirs = rows.phash.map(parse_hash), trained.phash.map(parse_hash)
+    for kind in {h[0] for h in mine.dropna()}:
+        a = [(i, h[1]) for i, h in mine.items() if h and h[0] == kind]
+        b = [(sha, h[1]) for sha, h in zip(trained.sha256, theirs) if h and h[0] == kind]
+        if not a or not b:
+            continue
+        values = np.array([h for _, h in a] + [h for _, h in b], dtype=np.uint64)
+        bits = int(kind.split(":")[1]) ** 2
+        for i, j in near_pairs(values, max_distance, bits):
+            if i < len(a) <= j:  # a current image close to content that was trained on
+                distance = int(np.bitwise_count(values[i] ^ values[j]))
+                reasons[a[i][0]] = f"near-duplicate (distance {distance}) of content trained on before ({b[j - len(a)][0][:12]})"
+    return reasons
+
+
+def keep_previous(rows: pd.DataFrame, ledger: pd.DataFrame, max_distance: int) -> tuple[dict, pd.Series]:
+    """group -> split for every group the ledger constrains, and each row's reason to train."""
+    known = dict(zip(ledger.sha256, ledger.split))
+    reason = near_trained(rows, ledger, max_distance) if "phash" in rows else pd.Series("", index=rows.index)
+    reason[rows.sha256.map(known).eq("train")] = "was in training before"
     placed = {}
-    for gid, paths in rows.groupby("group_id").path:
-        earlier = {previous[p] for p in paths if p in previous}
-        if earlier:
+    for gid, members in rows.groupby("group_id"):
+        earlier = {known[s] for s in members.sha256 if s in known}
+        if (reason[members.index] != "").any() or "train" in earlier:
+            placed[gid] = "train"
+        elif earlier:
             placed[gid] = next(s for s in SPLITS if s in earlier)
-    return placed
+    return placed, reason
 
 
 def place_new(rows: pd.DataFrame, placed: dict[str, str], share: dict[str, float], seed: int) -> dict[str, str]:
@@ -64,54 +102,104 @@ def place_new(rows: pd.DataFrame, placed: dict[str, str], share: dict[str, float
     return placed
 
 
-def assign_splits(groups: pd.DataFrame, previous: dict[str, str], params: Split, seed: int) -> pd.DataFrame:
+def assign_splits(groups: pd.DataFrame, ledger: pd.DataFrame, params: Split, seed: int,
+                  max_distance: int = 0) -> pd.DataFrame:
     rows = training_rows(groups)
-    placed = place_new(rows, keep_previous(rows, previous), ratios(params), seed)
+    placed, reason = keep_previous(rows, ledger, max_distance)
+    placed = place_new(rows, placed, ratios(params), seed)
     rows["split"] = rows.group_id.map(placed)
+    first = reason.groupby(rows.group_id).agg(lambda r: next((x for x in r if x), ""))
+    inherited = rows.group_id.map(first)
+    via_group = "its duplicate group " + rows.group_id + " holds an image that must train (" + inherited + ")"
+    rows["train_reason"] = reason.where(reason != "", via_group.where(inherited != "", ""))
     return rows
 
 
-def summarize(split: pd.DataFrame, groups: pd.DataFrame, previous: dict[str, str], classes) -> dict:
-    moved = [p for p, s in zip(split.path, split.split) if p in previous and previous[p] != s]
+def moves(split: pd.DataFrame, ledger: pd.DataFrame) -> list[dict]:
+    """Every image whose content the ledger held in another split, with why it moved."""
+    before = dict(zip(ledger.sha256, ledger.split))
+    out = []
+    for row in split.itertuples():
+        old = before.get(row.sha256)
+        if old and old != row.split:
+            why = row.train_reason or (f"its group {row.group_id} was merged with images in {row.split}")
+            out.append({"path": row.path, "sha256": row.sha256, "from": old, "to": row.split, "reason": why})
+    return out
+
+
+def update_ledger(ledger: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
+    """Add new content, move content toward training only; content no longer present is kept as it was."""
+    rank = {s: i for i, s in enumerate(SPLITS)}
+    old = ledger.set_index("sha256")
+    new = split.drop_duplicates("sha256").set_index("sha256")
+    both = old.index.intersection(new.index)
+    toward_train = np.minimum(old.loc[both, "split"].map(rank), new.loc[both, "split"].map(rank))
+    old.loc[both, "split"] = [SPLITS[i] for i in toward_train]
+    old.loc[both, ["path", "label", "phash"]] = new.loc[both, ["path", "label", "phash"]].to_numpy()
+    fresh = new.loc[new.index.difference(old.index)]
+    out = pd.concat([old, fresh.assign(first_split=fresh.split)[LEDGER[1:]]])
+    return out.rename_axis("sha256").reset_index()[LEDGER].sort_values("sha256").reset_index(drop=True)
+
+
+def read_ledger(path: Path, old_split: Path, groups: pd.DataFrame) -> pd.DataFrame:
+    """The ledger; started from the last split.csv (by path) when a project predates it."""
+    if path.exists():
+        return pd.read_csv(path, keep_default_na=False, dtype=str)
+    if not old_split.exists():
+        return pd.DataFrame(columns=LEDGER)
+    old = pd.read_csv(old_split, keep_default_na=False).merge(groups[["path", "sha256", "phash"]], on="path")
+    return old.assign(first_split=old.split)[LEDGER].drop_duplicates("sha256")
+
+
+def summarize(split: pd.DataFrame, groups: pd.DataFrame, ledger: pd.DataFrame, moved: list[dict], classes) -> dict:
+    known = set(ledger.sha256)
     return {
         "images": int(len(split)),
         "per_split": {s: {c: int(((split.split == s) & (split.label == c)).sum()) for c in classes} for s in SPLITS},
-        "kept_from_previous_run": int(split.path.isin(list(previous)).sum()),
-        "newly_assigned": int((~split.path.isin(list(previous))).sum()),
-        "moved_by_group_merge": len(moved),
+        "kept_from_ledger": int(split.sha256.isin(known).sum()),
+        "newly_assigned": int((~split.sha256.isin(known)).sum()),
+        "moved": len(moved),
+        "left_test": [m for m in moved if m["from"] == "test"],
+        "left_val": [m for m in moved if m["from"] == "val"],
+        "ledger_contents": int(len(known | set(split.sha256))),
         "excluded_label_conflicts": int(groups.conflict.astype(bool).sum()),
         "excluded_exact_copies": int(((groups.duplicate_of.fillna("") != "") & ~groups.conflict.astype(bool)).sum()),
     }
 
 
-def run(params_path: Path, groups_path: Path, out: Path, report: Path) -> dict:
+def run(params_path: Path, groups_path: Path, out: Path, report: Path, ledger_path: Path | None = None) -> dict:
     base: Base = load_section("base", params_path)
     params: Split = load_section("split", params_path)
-    groups = pd.read_csv(groups_path, keep_default_na=False)
+    max_distance = load_section("dedup", params_path).max_distance
+    ledger_path = ledger_path or out.with_name("ledger.csv")
+    groups = pd.read_csv(groups_path, keep_default_na=False, dtype={"sha256": str, "phash": str})
     groups["conflict"] = groups.conflict.astype(str).str.lower() == "true"
-    previous = {}
-    if out.exists():  # the last run's assignment: kept, so test images stay test images
-        old = pd.read_csv(out, keep_default_na=False)
-        previous = dict(zip(old.path, old.split))
-    split = assign_splits(groups, previous, params, base.seed)
-    summary = summarize(split, groups, previous, base.classes)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    split[["path", "label", "group_id", "split"]].to_csv(out, index=False)
+    if "phash" not in groups:
+        groups["phash"] = ""
+    ledger = read_ledger(ledger_path, out, groups)
+    split = assign_splits(groups, ledger, params, base.seed, max_distance)
+    moved = moves(split, ledger)
+    summary = summarize(split, groups, ledger, moved, base.classes)
+    for path in (out, report, ledger_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    split[["path", "label", "group_id", "split", "sha256"]].to_csv(out, index=False)
+    update_ledger(ledger, split).to_csv(ledger_path, index=False)
     report.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--groups", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--ledger", type=Path, required=True)
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args(argv)
-    s = run(args.params, args.groups, args.out, args.report)
+    s = run(args.params, args.groups, args.out, args.report, args.ledger)
     sizes = {k: sum(v.values()) for k, v in s["per_split"].items()}
-    print(f"split: {sizes} ({s['kept_from_previous_run']} kept from the last run, {s['newly_assigned']} new)")
+    print(f"split: {sizes} ({s['kept_from_ledger']} kept by the ledger, {s['newly_assigned']} new, "
+          f"{s['moved']} moved, {len(s['left_test'])} left the test split)")
 
 
 if __name__ == "__main__":

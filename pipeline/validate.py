@@ -78,18 +78,25 @@ def summarize(manifest: pd.DataFrame, classes: tuple[str, ...], failures: list[s
         "per_class": {c: int((ok.label == c).sum()) for c in classes},
         "excluded_reasons": manifest.loc[manifest.status == "excluded", "reason"]
         .str.split(" \\(").str[0].value_counts().to_dict(),
+        "label_decisions_applied": int((manifest.decision != "").sum()) if "decision" in manifest else 0,
         "suite_success": not failures,
         "broken_expectations": failures,
     }
 
 
-def run(params_path: Path, raw_dir: Path, manifest_path: Path, docs_dir: Path, summary_path: Path) -> dict:
+def run(params_path: Path, raw_dir: Path, manifest_path: Path, docs_dir: Path, summary_path: Path,
+        corrections: Path | None = None) -> dict:
+    from pipeline import labels
     from pipeline.expectations import run_suite  # GE is slow to import; keep it off the pure path
 
     base, params = load_section("base", params_path), load_section("validate", params_path)
     if not raw_dir.is_dir():
         raise ValidationFailed(f"{raw_dir} does not exist: put images in {raw_dir}/<class>/")
-    manifest = build_manifest(raw_dir, base, params)
+    try:  # clinicians' label decisions, applied by content; data/raw is never touched
+        decisions = labels.load(corrections, base.classes)
+    except labels.CorrectionsError as err:
+        raise ValidationFailed(str(err)) from None
+    manifest = labels.apply(build_manifest(raw_dir, base, params), decisions)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest.to_csv(manifest_path, index=False)
     failures = run_suite(manifest, base, params, docs_dir)
@@ -109,12 +116,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--docs", type=Path, required=True)
     parser.add_argument("--summary", type=Path, required=True)
+    parser.add_argument("--corrections", type=Path, help="clinicians' label decisions (data/labels/corrections.csv)")
     args = parser.parse_args(argv)
     try:
-        summary = run(args.params, args.raw, args.manifest, args.docs, args.summary)
+        summary = run(args.params, args.raw, args.manifest, args.docs, args.summary, args.corrections)
     except ValidationFailed as err:
         raise SystemExit(f"validate: {err}") from None
-    print(f"validate: {summary['ok']} usable, {summary['excluded']} excluded of {summary['files']} files")
+    print(f"validate: {summary['ok']} usable, {summary['excluded']} excluded of {summary['files']} files; "
+          f"{summary['label_decisions_applied']} clinician label decisions applied")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def project(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("deploy")
     for label in CLASSES:
-        for i in range(24):
+        for i in range(40):  # about 6 test images per class: enough for a clear winner to show
             write_image(root / "raw" / label / f"{i}.png", label, hash((label, i)) % 10_000)
     params = shrink_params(root, validate={"min_images_per_class": 5}, dedup={"max_distance": 0},
                            evaluate={"bootstrap": 20}, export={"latency_repeats": 3},
@@ -71,22 +71,24 @@ def project(tmp_path_factory):
     return root, params
 
 
-def pipeline_run(root: Path, params: Path, kind: str) -> dict:
-    """What train leaves behind for one hand-set model, then the real evaluate -> export -> register."""
+def pipeline_run(root: Path, params: Path, kind: str, before_register=None, retry: bool = False) -> dict:
+    """What train leaves behind for one hand-set model, then the real evaluate -> export -> register.
+    `retry`: the same training run again (as `dvc repro` after a failed register), not a new one."""
     import mlflow
 
     from pipeline import evaluate, export, register, tracking
 
     arch = f"Colour{kind}"
     tracking.setup("oralscan")
-    with mlflow.start_run(run_name=arch) as run:
-        pass
     model_dir = root / "models" / arch
-    model_dir.mkdir(parents=True, exist_ok=True)
-    colour_model(kind).save(model_dir / "model.keras")
-    (model_dir / "run.json").write_text(json.dumps({
-        "architecture": arch, "run_id": run.info.run_id, "parent_run_id": run.info.run_id, "image_size": SIZE,
-        "classes": CLASSES, "data_version": "test", "git_commit": "test"}))
+    if not retry:
+        with mlflow.start_run(run_name=arch) as run:
+            pass
+        model_dir.mkdir(parents=True, exist_ok=True)
+        colour_model(kind).save(model_dir / "model.keras")
+        (model_dir / "run.json").write_text(json.dumps({
+            "architecture": arch, "run_id": run.info.run_id, "parent_run_id": run.info.run_id, "image_size": SIZE,
+            "classes": CLASSES, "data_version": "test", "git_commit": "test"}))
     text = params.read_text().replace("Colourmediocre", arch)
     params.write_text(text)
     reports = root / "reports"
@@ -96,6 +98,8 @@ def pipeline_run(root: Path, params: Path, kind: str) -> dict:
         (reports / d).mkdir(exist_ok=True)
     evaluate.run(params, root / "raw", root / "split.csv", out)
     export.run(params, root / "raw", root / "split.csv", reports / "metrics.json", root / "export", reports / "export.json")
+    if before_register:
+        before_register()
     result = register.run(params, root / "raw", root / "split.csv", reports / "metrics.json", root / "export",
                           reports, reports / "model_card.md", reports / "registry.json")
     params.write_text(text.replace(arch, "Colourmediocre"))
@@ -133,12 +137,13 @@ def test_parity_check_rejects_a_variant_that_disagrees():
 def test_champion_challenger_promotion_predict_and_failures(project, monkeypatch, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from pipeline import register
+    from pipeline import champion, register
 
     root, params = project
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     client = MlflowClient()
+    name = "oralscan-classifier"
 
     first = pipeline_run(root, params, "mediocre")
     assert (first["version"], first["alias"]) == (1, "champion")
@@ -149,14 +154,35 @@ def test_champion_challenger_promotion_predict_and_failures(project, monkeypatch
     second = pipeline_run(root, params, "bad")
     assert (second["version"], second["alias"]) == (2, "challenger")
     assert "clinical gates" in second["reason"] and second["champion_before"]["version"] == 1
-    assert str(client.get_model_version_by_alias("oralscan-classifier", "champion").version) == "1"
+    assert champion.alias_version(client, name) == "1"
 
-    third = pipeline_run(root, params, "perfect")
+    # a model that WOULD be promoted fails before the alias moves: the champion stays, nothing claims it
+    def lose_predictions():
+        (root / "reports" / "fig" / "Colourperfect_test_predictions.csv").unlink()
+    with pytest.raises(FileNotFoundError):
+        pipeline_run(root, params, "perfect", before_register=lose_predictions)
+    assert champion.alias_version(client, name) == "1"
+    assert {v.tags["decision"] for v in client.search_model_versions(f"name = '{name}'")
+            if str(v.version) not in ("1", "2")} <= {"pending"}
+    assert [e["new"] for e in champion.history(client, name) if e["moved"] and e["alias"] == "champion"] == ["1"]
+
+    third = pipeline_run(root, params, "perfect", retry=True)  # the retry completes the interrupted version
     assert (third["version"], third["alias"]) == (3, "champion")
-    assert third["champion_before"]["scores"]["balanced_accuracy"] == pytest.approx(2 / 3)  # re-scored, same test split
-    v3 = client.get_model_version("oralscan-classifier", "3")
+    assert len(client.search_model_versions(f"name = '{name}'")) == 3
+    assert third["comparison"]["old"] == pytest.approx(2 / 3)  # the champion re-scored on the same test split
+    assert third["comparison"]["verdict"] == "better" and "superiority" in third["reason"]
+    v3 = client.get_model_version(name, "3")
     assert v3.tags["data_version"] == "test" and v3.tags["tflite_float32"].endswith("model_float32.tflite")
+    assert v3.tags["decision"] == "champion" and v3.tags["compared_against"] == "1"
     assert "Research use only" in v3.description and "| cancer |" in v3.description
+
+    # re-registering the champion's own model (dvc repro -f register): kept, no new version, history says why
+    again = register.run(params, root / "raw", root / "split.csv", root / "reports" / "metrics.json", root / "export",
+                         root / "reports", root / "reports" / "model_card.md", root / "reports" / "registry.json")
+    assert (again["version"], again["alias"], again["moved"]) == (3, "champion", False)
+    assert len(client.search_model_versions(f"name = '{name}'")) == 3
+    last = champion.history(client, name)[-1]
+    assert last["new"] == "3" and not last["moved"] and "already @champion" in last["reason"]
 
     # predict from the registry: per-image errors, Grad-CAM overlays
     good = root / "raw" / "cancer" / "0.png"
@@ -171,13 +197,6 @@ def test_champion_challenger_promotion_predict_and_failures(project, monkeypatch
                              str(root / "export" / "model_float32.tflite"), str(good)], capture_output=True, text=True)
     assert tflite.returncode == 0 and tflite.stdout.split("\t")[1] == "cancer"
 
-    # a failure before the alias moves leaves the champion where it was
-    (root / "reports" / "split.json").rename(root / "split.json.bak")
-    with pytest.raises(FileNotFoundError):
-        pipeline_run(root, params, "mediocre")
-    (root / "split.json.bak").rename(root / "reports" / "split.json")
-    assert str(client.get_model_version_by_alias("oralscan-classifier", "champion").version) == "3"
-
     # an unreachable registry: a clear message, nothing changed
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -189,6 +208,32 @@ def test_champion_challenger_promotion_predict_and_failures(project, monkeypatch
 
         mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")  # the URI is process-global in MLflow
 
+
+@pytest.mark.slow
+def test_store_dropping_at_the_alias_move_leaves_no_claim_and_the_next_run_completes(project, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import champion
+
+    root, params = project
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'drop.db'}")
+    client, name = MlflowClient(), "oralscan-classifier"
+    pipeline_run(root, params, "mediocre")
+
+    def store_gone(*args, **kwargs):
+        raise ConnectionError("the tracking server went away")
+    with monkeypatch.context() as m:
+        m.setattr(MlflowClient, "set_registered_model_alias", store_gone)
+        with pytest.raises(ConnectionError):
+            pipeline_run(root, params, "perfect")
+    assert champion.alias_version(client, name) == "1"
+    v2 = client.get_model_version(name, "2")
+    assert v2.tags["decision"] == "pending" and "champion" not in (v2.aliases or [])
+    assert json.loads((root / "reports" / "registry.json").read_text())["version"] == 1  # not rewritten
+    done = pipeline_run(root, params, "perfect", retry=True)  # the next run completes it
+    assert (done["version"], done["alias"]) == (2, "champion")
+    assert len(client.search_model_versions(f"name = '{name}'")) == 2
 
 
 @pytest.mark.slow

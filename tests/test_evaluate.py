@@ -1,44 +1,36 @@
-import numpy as np
+import pandas as pd
 import pytest
 
-from pipeline.evaluate import bootstrap_interval, calibration_error, leaderboard, scores
-
-CLASSES, POSITIVE = ["normal", "precancer", "cancer"], ["cancer", "precancer"]
+from pipeline.evaluate import leaderboard, read_sets, selectable
 
 
-def test_calibration_error_of_known_cases():
-    y = np.array([0, 1, 2, 0])
-    assert calibration_error(y, np.eye(3)[y], 10) == pytest.approx(0.0)
-    half = np.full((4, 3), [0.6, 0.2, 0.2])  # always says class 0 with 60%, right half the time
-    assert calibration_error(y, half, 10) == pytest.approx(0.1)
+def result(val: float, test: float, low=0.5, high=0.9) -> dict:
+    interval = {"estimate": test, "low": low, "high": high, "method": "m", "groups": 10}
+    return {"val": {"balanced_accuracy": val, "roc_auc": 0.9},
+            "test": {"balanced_accuracy": test, "roc_auc": 0.9, "sensitivity_cancer": 1.0},
+            "test_report": {"intervals": {"balanced_accuracy": interval}}}
 
 
-def test_scores_per_class_and_sensitivity():
-    y = np.array([0, 0, 1, 1, 2, 2])
-    probs = np.eye(3)[[0, 0, 1, 0, 2, 2]] * 0.8 + 0.2 / 3
-    s = scores(y, probs, CLASSES, POSITIVE, 10)
-    assert s["accuracy"] == pytest.approx(5 / 6)
-    assert s["recall_precancer"] == s["sensitivity_precancer"] == pytest.approx(0.5)
-    assert s["sensitivity_cancer"] == 1.0 and s["precision_normal"] == pytest.approx(2 / 3)
-    assert 0 < s["roc_auc"] <= 1
+def test_the_validation_split_chooses_not_the_test_split():
+    # B is luckier on test, A is better on validation: A is chosen, and both test scores are shown
+    board = leaderboard({"A": result(0.9, 0.70), "B": result(0.8, 0.95)}, "balanced_accuracy", ["cancer"])
+    assert list(board.architecture) == ["A", "B"] and list(board.chosen) == [True, False]
+    assert list(board.test_balanced_accuracy) == [0.70, 0.95]
+    assert {"val_balanced_accuracy", "test_balanced_accuracy_low", "test_balanced_accuracy_high"} <= set(board)
 
 
-def test_auc_is_nan_when_a_class_is_missing():
-    y = np.array([0, 0, 1])
-    assert np.isnan(scores(y, np.eye(3)[y], CLASSES, POSITIVE, 10)["roc_auc"])
-
-
-def test_bootstrap_interval_brackets_the_estimate():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 200)
-    pred = np.where(rng.random(200) < 0.8, y, (y + 1) % 3)
-    probs = np.eye(3)[pred] * 0.9 + 0.1 / 3
-    low, high = bootstrap_interval(y, probs, "accuracy", CLASSES, POSITIVE, 300, seed=0)
-    point = scores(y, probs, CLASSES, POSITIVE, 10)["accuracy"]
-    assert low < point < high and high - low < 0.2
-
-
-def test_leaderboard_ranks_by_select_by():
-    board = leaderboard({"A": {"balanced_accuracy": 0.7, "roc_auc": 0.9}, "B": {"balanced_accuracy": 0.8, "roc_auc": 0.5}},
-                        "balanced_accuracy")
+def test_unmeasured_validation_score_ranks_last():
+    board = leaderboard({"A": result(None, 0.7), "B": result(0.6, 0.6)}, "balanced_accuracy", ["cancer"])
     assert list(board.architecture) == ["B", "A"]
+
+
+def test_select_by_names_follow_the_classes():
+    assert "sensitivity_cancer" in selectable(["non-cancer", "cancer"], ["cancer"])
+    assert "sensitivity_normal" not in selectable(["normal", "cancer"], ["cancer"])
+
+
+def test_an_empty_validation_split_is_a_clear_error(tmp_path):
+    pd.DataFrame({"path": ["a.png"], "label": ["x"], "group_id": ["g"], "split": ["test"]}).to_csv(
+        tmp_path / "split.csv", index=False)
+    with pytest.raises(SystemExit, match="the val split is empty"):
+        read_sets(tmp_path / "split.csv")

@@ -1,10 +1,12 @@
 import json
 
+import numpy as np
+
 import pandas as pd
 import pytest
 
 from pipeline.params import Split
-from pipeline.split import assign_splits, run, training_rows
+from pipeline.split import LEDGER, assign_splits, run, training_rows, update_ledger
 
 PARAMS = Split(val=0.15, test=0.15)
 
@@ -16,12 +18,19 @@ def make_groups(n_groups: int, per_group: int = 1, labels=("normal", "precancer"
         for k in range(per_group if g % 4 else per_group + 2):  # some bigger groups
             rows.append({"path": f"{label}/{prefix}{g}_{k}.jpg", "label": label,
                          "group_id": f"g{prefix}{g}", "conflict": False, "sha256": f"{prefix}{g}_{k}",
-                         "duplicate_of": ""})
+                         "duplicate_of": "", "phash": ""})
     return pd.DataFrame(rows)
 
 
+EMPTY = pd.DataFrame(columns=LEDGER)
+
+
+def ledger_of(split: pd.DataFrame, ledger=EMPTY) -> pd.DataFrame:
+    return update_ledger(ledger, split)
+
+
 def test_no_group_straddles_and_classes_are_stratified():
-    split = assign_splits(make_groups(300), {}, PARAMS, seed=1)
+    split = assign_splits(make_groups(300), EMPTY, PARAMS, seed=1)
     assert (split.groupby("group_id").split.nunique() == 1).all()
     share = split.groupby("label").split.value_counts(normalize=True)
     for label in ("normal", "precancer", "cancer"):
@@ -31,17 +40,17 @@ def test_no_group_straddles_and_classes_are_stratified():
 
 def test_deterministic_and_seeded():
     groups = make_groups(120)
-    first = assign_splits(groups, {}, PARAMS, seed=1)
-    assert first.equals(assign_splits(groups.sample(frac=1, random_state=3), {}, PARAMS, seed=1))
-    assert not first.split.equals(assign_splits(groups, {}, PARAMS, seed=2).split)
+    first = assign_splits(groups, EMPTY, PARAMS, seed=1)
+    assert first.equals(assign_splits(groups.sample(frac=1, random_state=3), EMPTY, PARAMS, seed=1))
+    assert not first.split.equals(assign_splits(groups, EMPTY, PARAMS, seed=2).split)
 
 
 def test_existing_images_keep_their_split_when_data_grows():
     old = make_groups(150)
-    first = assign_splits(old, {}, PARAMS, seed=1)
+    first = assign_splits(old, EMPTY, PARAMS, seed=1)
     previous = dict(zip(first.path, first.split))
     grown = pd.concat([old, make_groups(90, prefix="new")])
-    second = assign_splits(grown, previous, PARAMS, seed=1)
+    second = assign_splits(grown, ledger_of(first), PARAMS, seed=1)
     kept = second[second.path.isin(list(previous))]
     assert all(previous[p] == s for p, s in zip(kept.path, kept.split))
     assert set(second[~second.path.isin(list(previous))].split) == {"train", "val", "test"}
@@ -49,18 +58,19 @@ def test_existing_images_keep_their_split_when_data_grows():
 
 def test_new_image_joins_its_groups_split():
     old = make_groups(60)
-    first = assign_splits(old, {}, PARAMS, seed=1)
+    first = assign_splits(old, EMPTY, PARAMS, seed=1)
     test_group = first[first.split == "test"].group_id.iloc[0]
     extra = old[old.group_id == test_group].iloc[[0]].assign(path="cancer/late arrival.jpg", sha256="late")
-    second = assign_splits(pd.concat([old, extra]), dict(zip(first.path, first.split)), PARAMS, seed=1)
+    second = assign_splits(pd.concat([old, extra]), ledger_of(first), PARAMS, seed=1)
     assert second.set_index("path").loc["cancer/late arrival.jpg", "split"] == "test"
 
 
 def test_merged_group_goes_to_train_never_into_held_out():
     groups = make_groups(2, labels=("normal",))
-    previous = {groups.path[0]: "test", groups.path[len(groups) - 1]: "train"}
+    before = groups.assign(split="test")
+    before.loc[len(groups) - 1, "split"] = "train"
     merged = groups.assign(group_id="gmerged")  # a new image linked the two groups
-    split = assign_splits(merged, previous, PARAMS, seed=1)
+    split = assign_splits(merged, ledger_of(before), PARAMS, seed=1)
     assert set(split.split) == {"train"}
 
 
@@ -79,10 +89,51 @@ def test_stage_keeps_its_previous_output(tmp_path, small_params):
     out, report = tmp_path / "split.csv", tmp_path / "split.json"
     run(small_params, tmp_path / "groups.csv", out, report)
     first = pd.read_csv(out)
-    assert list(first.columns) == ["path", "label", "group_id", "split"]
+    assert list(first.columns) == ["path", "label", "group_id", "split", "sha256"]
     pd.concat([groups, make_groups(30, prefix="n")]).to_csv(tmp_path / "groups.csv", index=False)
     summary = run(small_params, tmp_path / "groups.csv", out, report)
     second = pd.read_csv(out).set_index("path")
     assert (second.loc[first.path, "split"].values == first.split.values).all()
-    assert summary["kept_from_previous_run"] == len(first)
+    assert summary["kept_from_ledger"] == len(first)
     assert json.loads(report.read_text())["newly_assigned"] == len(second) - len(first)
+
+
+def test_trained_content_never_returns_to_held_out_whatever_its_path_or_group():
+    groups = make_groups(60)
+    first = assign_splits(groups, EMPTY, PARAMS, seed=1)
+    ledger = ledger_of(first)
+    trained = first[first.split == "train"].iloc[0]
+    # the same content comes back under a new path, a new label and a group of its own, after leaving the data
+    gone = groups[groups.sha256 != trained.sha256]
+    back = pd.DataFrame([{"path": "cancer/renamed.jpg", "label": "cancer", "group_id": "gnew", "conflict": False,
+                          "sha256": trained.sha256, "duplicate_of": "", "phash": ""}])
+    ledger = ledger_of(assign_splits(gone, ledger, PARAMS, seed=1), ledger)  # it was absent for one version
+    again = assign_splits(pd.concat([gone, back]), ledger, PARAMS, seed=1).set_index("path")
+    assert again.loc["cancer/renamed.jpg", "split"] == "train"
+    assert again.loc["cancer/renamed.jpg", "train_reason"] == "was in training before"
+
+
+def test_near_duplicate_of_trained_content_goes_to_train():
+    groups = make_groups(30)
+    rng = np.random.default_rng(0)  # random 64-bit hashes: about 32 bits apart, far beyond the distance
+    groups["phash"] = [f"phash:8:{int(v):x}" for v in rng.integers(0, 2**63, len(groups))]
+    first = assign_splits(groups, EMPTY, PARAMS, seed=1)
+    trained = first[first.split == "train"].iloc[0]
+    near = format(int(trained.phash.split(":")[2], 16) ^ 0b101, "x")  # 2 bits away
+    new = pd.DataFrame([{"path": "normal/rescan.jpg", "label": "normal", "group_id": "gfresh", "conflict": False,
+                         "sha256": "fresh", "duplicate_of": "", "phash": f"phash:8:{near}"}])
+    for _ in range(5):  # whatever the placement order, it cannot land in val or test
+        out = assign_splits(pd.concat([groups, new]), ledger_of(first), PARAMS, seed=_, max_distance=6)
+        out = out.set_index("path")
+        assert out.loc["normal/rescan.jpg", "split"] == "train"
+        assert "near-duplicate (distance 2)" in out.loc["normal/rescan.jpg", "train_reason"]
+
+
+def test_ledger_moves_only_toward_training():
+    groups = make_groups(9)
+    split = assign_splits(groups, EMPTY, PARAMS, seed=1)
+    ledger = ledger_of(split)
+    flipped = split.assign(split="test")
+    after = update_ledger(ledger, flipped).set_index("sha256")
+    assert (after.loc[split[split.split == "train"].sha256, "split"] == "train").all()
+    assert (after.first_split.loc[split.sha256].values == split.split.values).all()

@@ -9,7 +9,7 @@ import pytest
 from pipeline.models import build_model
 from pipeline.params import load_section
 from pipeline.tracking import History
-from pipeline.train import class_weights, find_cut, fit_cached, fit_plain
+from pipeline.train import class_weights, find_cut, fit_cached, fit_plain, fit_scratch
 from tests.conftest import ROOT
 
 
@@ -41,8 +41,9 @@ def test_cached_training_matches_plain_fit(finetune_layers):
     np.testing.assert_allclose(cached, plain, atol=2e-3)
     for a, b in zip(models[0].model.get_weights(), models[1].model.get_weights()):
         np.testing.assert_allclose(a, b, atol=2e-3)
-    trainable = [layer.name for layer in models[0].base.layers if layer.trainable]
-    assert all("BN" not in n for n in trainable) and bool(trainable) == bool(finetune_layers)
+    trainable = [layer for layer in models[0].base.layers if layer.trainable]
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
+    assert bool(trainable) == bool(finetune_layers)
 
 
 def test_cut_has_one_tensor_crossing():
@@ -52,6 +53,41 @@ def test_cut_has_one_tensor_crossing():
     cut = find_cut(base, 12)
     assert len(base.layers) - 1 - cut >= 12
     keras.Model(base.layers[cut].output, base.output)  # builds: nothing skips past the cut
+
+
+def test_scratch_network_trains_its_batchnorm():
+    """SmallCNN has no pretrained statistics to keep: its BatchNorm layers learn during training."""
+    import dataclasses
+
+    import keras
+
+    params = dataclasses.replace(load_section("train", ROOT / "params.yaml"), batch_size=8, head_epochs=2,
+                                 finetune_epochs=0, early_stopping_patience=10)
+    keras.utils.set_random_seed(3)
+    parts = build_model("SmallCNN", 3, "none", size=32, seed=3)
+    bn = [layer for layer in parts.base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    before = [layer.moving_mean.numpy().copy() for layer in bn]
+    gammas = [layer.gamma.numpy().copy() for layer in bn]
+    fit_scratch(parts, tiny_data(), params, None, History())
+    assert all(np.abs(layer.moving_mean.numpy() - b).max() > 1e-3 for layer, b in zip(bn, before))  # statistics moved
+    assert all(np.abs(layer.gamma.numpy() - g).max() > 0 for layer, g in zip(bn, gammas))           # and scales trained
+
+
+def test_finetuning_keeps_pretrained_batchnorm_statistics():
+    """What freezes BatchNorm in Keras 3 is layer.trainable (the outer training flag reaches nested
+    models): after set_trainable, a training-mode call leaves every BatchNorm statistic alone."""
+    import keras
+
+    from pipeline.train import set_trainable
+
+    parts = build_model("MobileNetV2", 3, "none", size=32, alpha=0.35)
+    set_trainable(parts.base, find_cut(parts.base, 12))
+    bn = [layer for layer in parts.base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    before = [layer.moving_mean.numpy().copy() for layer in bn]
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    parts.model(x, training=True)
+    for layer, b in zip(bn, before):
+        np.testing.assert_array_equal(layer.moving_mean.numpy(), b)
 
 
 def test_class_weights_balance():
@@ -76,7 +112,7 @@ def test_train_and_evaluate_stages_log_to_a_real_mlflow_store(tmp_path, monkeypa
     paths = {k: out / v for k, v in {"groups": "g.csv", "cache": "c.json", "quarantine": "q",
                                      "report": "d.json", "sheet": "s.png"}.items()}
     dedup.run(params, demo_raw, out / "manifest.csv", paths)
-    split.run(params, paths["groups"], out / "split.csv", out / "split.json")
+    split.run(params, paths["groups"], out / "split.csv", out / "split.json", out / "ledger.csv")
     augment.run(params, demo_raw, out / "split.csv", out / "aug", out / "aug.csv")
     inputs = {"raw": demo_raw, "augmented": out / "aug", "split": out / "split.csv", "augmented_csv": out / "aug.csv"}
     runs = {a: train.run(params, a, inputs, tmp_path / "models" / a, out / f"{a}.json") for a in ("MobileNetV2", "SmallCNN")}
@@ -107,6 +143,11 @@ def test_train_and_evaluate_stages_log_to_a_real_mlflow_store(tmp_path, monkeypa
     assert logged.metadata.get_input_schema().inputs[0].shape == (-1, 48, 48, 3)
     assert logged.predict(np.zeros((1, 48, 48, 3), "float32")).shape == (1, 3)
     board = pd.read_csv(out / "board.csv")
-    assert board.architecture.iloc[0] == summary["best"]["architecture"]
-    assert summary["architectures"]["MobileNetV2"]["balanced_accuracy"] > 0.8  # ImageNet features on an easy set
+    assert board.architecture.iloc[0] == summary["best"]["architecture"] and board.chosen.iloc[0]
+    results = summary["architectures"]
+    assert summary["best"]["chosen_on"] == "val"  # chosen on validation, never on test
+    assert summary["best"]["val_value"] == max(r["val"]["balanced_accuracy"] for r in results.values())
+    assert results["MobileNetV2"]["test"]["balanced_accuracy"] > 0.8  # ImageNet features on an easy set
+    ci = results["MobileNetV2"]["test_report"]["intervals"]["balanced_accuracy"]
+    assert ci["low"] < ci["high"] and ci["low"] <= ci["estimate"] <= ci["high"]
     assert json.loads((out / "plots" / "SmallCNN.json").read_text())[0].keys() == {"actual", "predicted"}

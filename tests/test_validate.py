@@ -34,7 +34,7 @@ def run_validate(tmp_path, raw, params):
 def test_demo_folder_is_validated_and_every_bad_file_explained(tmp_path, demo_raw, small_params):
     before = tree_digest(demo_raw)
     summary, manifest, out = run_validate(tmp_path, demo_raw, small_params)
-    assert list(manifest.columns) == COLUMNS
+    assert list(manifest.columns) == COLUMNS + ["folder_label", "decision"]
     assert len(manifest) == len(before)  # every file is listed, none silently dropped
     reasons = dict(zip(manifest.path, manifest.reason))
     assert reasons["normal/empty.png"].startswith("empty file")

@@ -1,0 +1,225 @@
+"""label_review: list images whose label looks wrong, for a clinician to check. Nothing is excluded.
+
+Method: a frozen pretrained network (`label_review.architecture`) turns every image of split.csv
+(train, val and test: a wrong test label corrupts evaluation too) into one feature vector; a
+linear head (logistic regression on standardized features) gives each image class probabilities
+from a model fitted on the other folds, folds being made of whole duplicate groups so a near
+copy of an image never helps score it; cleanlab's `find_label_issues` then flags the images
+whose given label disagrees with those out-of-fold probabilities, ranked by self-confidence
+(the probability of the given label: lowest first).
+
+The output is a review list only: no stage reads it, and corrections go through the labels file
+people edit (see DESIGN.md), never through a stage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.images import UnusableImage, load_batch, model_input
+from pipeline.params import LabelReview, load_section
+
+CHUNK = 64      # images decoded and pushed through the network at once (bounds memory)
+HEAD_C = 1e-3   # inverse L2 strength of the linear head. Far more features (1280) than images: on ISIC
+                # (150 to 2,359 images, 3 and 9 classes) 1e-3 gave the best or near-best out-of-fold
+                # log-loss; 0.1-1 gave over-confident probabilities and 30-50% more flags
+METHOD = ("Out-of-fold class probabilities from a logistic regression on frozen {arch} features "
+          "({folds} folds by duplicate group), then cleanlab find_label_issues "
+          "(prune_by_noise_rate, ranked by self-confidence).")
+
+
+def read_split(split_csv: Path, classes: tuple[str, ...]) -> pd.DataFrame:
+    """Every row of split.csv; a label outside base.classes is an error that names it."""
+    table = pd.read_csv(split_csv, keep_default_na=False, dtype=str)
+    missing = [c for c in ("path", "label", "group_id", "split") if c not in table.columns]
+    if missing:
+        raise SystemExit(f"label_review: {split_csv} has no column {missing[0]!r}")
+    unknown = sorted(set(table.label) - set(classes))
+    if unknown:
+        raise SystemExit(f"label_review: label {unknown[0]!r} in {split_csv} is not in base.classes {list(classes)}")
+    table["group_id"] = table.group_id.where(table.group_id != "", table.path)  # no group: its own
+    return table.reset_index(drop=True)
+
+
+def feature_extractor(params: LabelReview):
+    """Raw RGB pixels (0..255) -> the frozen network's globally pooled features."""
+    import keras
+
+    from pipeline.models import WeightsUnavailable, build_base, get_arch, preprocessing_layers
+
+    arch = get_arch(params.architecture)
+    if arch.application is None or params.weights == "none":  # random features would flag noise
+        raise WeightsUnavailable(f"label_review needs pretrained features: {params.architecture} with weights "
+                                 f"{params.weights!r} has none (use an ImageNet architecture, weights: imagenet)")
+    inputs = keras.Input((params.image_size, params.image_size, 3))
+    x = inputs
+    for layer in preprocessing_layers(arch.preprocess):
+        x = layer(x)
+    x = build_base(params.architecture, params.weights, params.image_size, params.alpha)(x, training=False)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+
+
+def load_chunk(paths: list[Path], size: int) -> tuple[np.ndarray, dict[int, str]]:
+    """Pixels of the readable images (in order) and, by position, why the others could not be read."""
+    try:
+        return load_batch(paths, size), {}
+    except (UnusableImage, OSError):
+        pass  # find the culprits one by one; one bad file must not stop the review
+    pixels, bad = [], {}
+    for i, path in enumerate(paths):
+        try:
+            pixels.append(model_input(path, size))
+        except (UnusableImage, OSError) as err:
+            bad[i] = str(err)
+    return np.stack(pixels) if pixels else np.empty((0, size, size, 3), np.uint8), bad
+
+
+def extract_features(model, paths: list[Path], size: int) -> tuple[np.ndarray, dict[int, str]]:
+    """One feature row per readable image, CHUNK images at a time; unreadable ones by index, with the reason."""
+    rows, unreadable = [], {}
+    for start in range(0, len(paths), CHUNK):
+        pixels, bad = load_chunk(paths[start:start + CHUNK], size)
+        unreadable.update({start + i: reason for i, reason in bad.items()})
+        if len(pixels):
+            rows.append(np.asarray(model.predict_on_batch(pixels.astype("float32"))))
+    return (np.concatenate(rows) if rows else np.empty((0, 0), np.float32)), unreadable
+
+
+def grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fit, score) index pairs; every image scored once; a duplicate group lies wholly in one side."""
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    k = min(folds, len(np.unique(groups)))
+    if k < 2:
+        raise SystemExit("label_review: out-of-fold probabilities need at least 2 duplicate groups")
+    if np.bincount(labels).max() < k:  # too few images per class to stratify: groups only
+        return list(GroupKFold(n_splits=k).split(labels, labels, groups))
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(labels)), labels, groups))
+
+
+def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, folds, n_classes: int,
+                              seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities of each image from a head fitted without its fold, and whether the head
+    had seen the image's own class (a class wholly inside one fold cannot be checked there)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probs, seen = np.zeros((len(labels), n_classes)), np.zeros(len(labels), bool)
+    for fit, score in folds:
+        fitted = np.unique(labels[fit])
+        if len(fitted) == 1:  # a one-class fold: that class, with certainty
+            probs[np.ix_(score, fitted)] = 1.0
+        else:
+            head = make_pipeline(StandardScaler(), LogisticRegression(C=HEAD_C, max_iter=2000, random_state=seed))
+            head.fit(features[fit], labels[fit])
+            probs[np.ix_(score, head.classes_)] = head.predict_proba(features[score])
+        seen[score] = np.isin(labels[score], fitted)
+    return probs, seen
+
+
+def find_issues(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Indices of suspected label errors, most suspicious first. Classes nobody carries are left out
+    of cleanlab's view (an empty class skews its noise estimates)."""
+    from cleanlab.filter import find_label_issues
+
+    present = np.unique(labels)
+    if len(present) < 2:
+        return np.array([], int)
+    sub = probs[:, present]
+    sub = sub / np.clip(sub.sum(1, keepdims=True), 1e-12, None)
+    return np.asarray(find_label_issues(np.searchsorted(present, labels), sub, n_jobs=1,
+                                        return_indices_ranked_by="self_confidence"), int)
+
+
+def issue_table(table: pd.DataFrame, labels: np.ndarray, probs: np.ndarray, ranked: np.ndarray,
+                classes: tuple[str, ...]) -> pd.DataFrame:
+    """The flagged rows of `table` in rank order, with the suggested label and every class probability."""
+    flagged = table.iloc[ranked].reset_index(drop=True)
+    out = flagged[["path"] + (["sha256"] if "sha256" in table.columns else []) + ["label"]].copy()
+    out["suggested_label"] = [classes[i] for i in probs[ranked].argmax(1)] if len(ranked) else []
+    out["label_quality"] = probs[ranked, labels[ranked]].round(4) if len(ranked) else []
+    for j, name in enumerate(classes):
+        out[f"p_{name}"] = probs[ranked, j].round(4) if len(ranked) else []
+    out["split"], out["group_id"] = flagged.split, flagged.group_id
+    out["rank"] = np.arange(1, len(out) + 1)
+    return out
+
+
+def summarize(table: pd.DataFrame, issues: pd.DataFrame, probs: np.ndarray, labels: np.ndarray, seen: np.ndarray,
+              unreadable: dict[str, str], params: LabelReview, n_folds: int, classes) -> dict:
+    from sklearn.metrics import balanced_accuracy_score
+
+    pred, ok = probs.argmax(1)[seen], labels[seen]
+    accuracy = round(float((pred == ok).mean()), 4) if seen.any() else None  # null, never NaN
+    balanced = round(float(balanced_accuracy_score(ok, pred)), 4) if seen.any() else None
+    return {
+        "images": int(len(table) + len(unreadable)),
+        "images_reviewed": int(seen.sum()),
+        "not_checked": {"unreadable": unreadable,
+                        "class_unseen_by_head": table.path[~seen].tolist()},
+        "flagged": int(len(issues)),
+        "flagged_share": round(len(issues) / max(1, int(seen.sum())), 4),
+        "images_per_class": {c: int((table.label == c).sum()) for c in classes},
+        "flagged_per_class": {c: int((issues.label == c).sum()) for c in classes},
+        "flagged_per_split": {s: int((issues.split == s).sum()) for s in sorted(table.split.unique())},
+        "head_out_of_fold_accuracy": accuracy,
+        "head_out_of_fold_balanced_accuracy": balanced,
+        "method": METHOD.format(arch=params.architecture, folds=n_folds),
+        "features": {"architecture": params.architecture, "weights": params.weights,
+                     "alpha": params.alpha, "image_size": params.image_size},
+    }
+
+
+def run(params_path: Path, raw_dir: Path, split_csv: Path, outputs: dict[str, Path]) -> dict:
+    from pipeline.contact_sheet import draw_label_issue_sheet
+
+    base, params = load_section("base", params_path), load_section("label_review", params_path)
+    if params.folds < 2:
+        raise SystemExit("label_review: label_review.folds must be at least 2")
+    table = read_split(split_csv, base.classes)
+    features, bad = extract_features(feature_extractor(params), [raw_dir / p for p in table.path],
+                                     params.image_size)
+    unreadable = {table.path[i]: reason for i, reason in sorted(bad.items())}
+    table = table.drop(index=list(bad)).reset_index(drop=True)
+    labels = table.label.map({c: i for i, c in enumerate(base.classes)}).to_numpy()
+    folds = grouped_folds(labels, table.group_id.to_numpy(), params.folds, base.seed)
+    probs, seen = out_of_fold_probabilities(features, labels, folds, len(base.classes), base.seed)
+    checked = np.flatnonzero(seen)
+    ranked = checked[find_issues(labels[checked], probs[checked])]
+    issues = issue_table(table, labels, probs, ranked, base.classes)
+    for path in outputs.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    issues.to_csv(outputs["out"], index=False)
+    draw_label_issue_sheet(issues, raw_dir, params.sheet_images, outputs["sheet"])
+    summary = summarize(table, issues, probs, labels, seen, unreadable, params, len(folds), base.classes)
+    outputs["report"].write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pipeline.models import WeightsUnavailable
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--raw", type=Path, required=True)
+    parser.add_argument("--split", type=Path, required=True)
+    for name in ("out", "sheet", "report"):
+        parser.add_argument(f"--{name}", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        s = run(args.params, args.raw, args.split, {k: getattr(args, k) for k in ("out", "sheet", "report")})
+    except WeightsUnavailable as err:
+        raise SystemExit(f"label_review: {err}") from None
+    per_class = ", ".join(f"{c} {n}" for c, n in s["flagged_per_class"].items())
+    print(f"label_review: {s['flagged']} of {s['images_reviewed']} images flagged for label review ({per_class}); "
+          f"out-of-fold head accuracy {s['head_out_of_fold_accuracy']}; nothing excluded; {args.out}")
+
+
+if __name__ == "__main__":
+    main()

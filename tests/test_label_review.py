@@ -1,0 +1,137 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageEnhance
+
+from pipeline.contact_sheet import draw_label_issue_sheet
+from pipeline.label_review import find_issues, grouped_folds, main, out_of_fold_probabilities, run
+from pipeline.models import WeightsUnavailable
+from tests.conftest import noise_image, shrink_params, tree_digest
+
+CLASSES = ("normal", "precancer", "cancer")
+WEIGHTS_224 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"  # no-top: any input size
+
+
+def planted_features(seed=0, n_groups=150, flips=12):
+    """Three gaussian classes in 32-d; groups of 1-3 near copies; `flips` singletons given a wrong label."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 1, (3, 32)) * 1.5
+    sizes = rng.integers(1, 4, n_groups)
+    sizes[:flips] = 1
+    truth = np.repeat(rng.integers(0, 3, n_groups), sizes)
+    groups = np.repeat(np.arange(n_groups), sizes)
+    centres = means[truth] + rng.normal(0, 1, (len(truth), 32))
+    features = centres[np.unique(groups, return_index=True)[1]][groups] + rng.normal(0, 0.05, centres.shape)
+    labels = truth.copy()
+    planted = np.flatnonzero(groups < flips)
+    labels[planted] = (truth[planted] + rng.integers(1, 3, len(planted))) % 3
+    return features, labels, groups, set(planted.tolist())
+
+
+def test_out_of_fold_cleanlab_finds_planted_flips_and_folds_keep_groups_whole():
+    features, labels, groups, planted = planted_features()
+    folds = grouped_folds(labels, groups, 5, seed=42)
+    scored = np.concatenate([score for _, score in folds])
+    assert sorted(scored.tolist()) == list(range(len(labels)))  # every image scored exactly once
+    for fit, score in folds:
+        assert not set(groups[fit]) & set(groups[score])  # a group never on both sides
+    probs, seen = out_of_fold_probabilities(features, labels, folds, 3, seed=42)
+    assert seen.all() and np.allclose(probs.sum(1), 1)
+    flagged = find_issues(labels, probs)
+    found = planted & set(flagged.tolist())
+    assert len(found) >= 0.8 * len(planted), (sorted(planted), flagged)
+    assert len(set(flagged.tolist()) - planted) <= 0.05 * len(labels)
+    ranks = {i: r for r, i in enumerate(flagged)}  # ranked by self-confidence: lowest first
+    quality = probs[flagged, labels[flagged]]
+    assert np.all(np.diff(quality) >= 0) and min(ranks[i] for i in found) == 0
+
+
+def test_folds_shrink_to_the_number_of_groups_and_a_class_in_one_group_is_not_checked():
+    labels = np.array([0, 0, 1, 1, 2])
+    groups = np.array(["a", "b", "c", "d", "e"])  # class 2 lives in one group
+    folds = grouped_folds(labels, groups, 10, seed=0)
+    assert len(folds) == 5
+    features = np.eye(5) + np.arange(5)[:, None]
+    probs, seen = out_of_fold_probabilities(features, labels, folds, 3, seed=0)
+    assert seen.tolist() == [True, True, True, True, False]  # the head never saw class 2 beside it
+    with pytest.raises(SystemExit, match="at least 2 duplicate groups"):
+        grouped_folds(labels, np.zeros(5), 5, seed=0)
+
+
+def tinted(seed: int, colour: tuple[int, int, int]) -> Image.Image:
+    """Smooth random blobs washed with a class colour: easy for ImageNet features to tell apart."""
+    return Image.blend(noise_image(seed, (120, 120)), Image.new("RGB", (120, 120), colour), 0.6)
+
+
+COLOURS = {"normal": (230, 40, 40), "precancer": (40, 200, 40), "cancer": (40, 40, 230)}
+PLANTED = {"normal/wrong_0.png": "cancer", "precancer/wrong_1.png": "normal", "cancer/wrong_2.png": "precancer",
+           "cancer/wrong_2_copy.png": "precancer"}  # a near copy in the same duplicate group, also mislabelled
+
+
+def write_set(raw, per_class=16):
+    rows = []
+    for k, (label, colour) in enumerate(COLOURS.items()):
+        for i in range(per_class):
+            path = f"{label}/img_{i}.png"
+            (raw / label).mkdir(parents=True, exist_ok=True)
+            tinted(100 * k + i, colour).save(raw / path)
+            rows.append((path, label, f"g_{label}_{i // 2}"))  # pairs share a group, like dedup's groups
+    for n, (path, truth) in enumerate(PLANTED.items()):
+        image = tinted(900 + min(n, 2), COLOURS[truth])  # the copy repeats image 2, a little brighter
+        (ImageEnhance.Brightness(image).enhance(1.05) if path.endswith("_copy.png") else image).save(raw / path)
+        rows.append((path, path.split("/")[0], f"g_planted_{min(n, 2)}"))
+    split = pd.DataFrame(rows, columns=["path", "label", "group_id"])
+    split["split"] = np.where(np.arange(len(split)) % 5 == 0, "test", "train")
+    split["sha256"] = [f"sha{i}" for i in range(len(split))]
+    return split
+
+
+@pytest.mark.slow
+def test_stage_flags_planted_labels_on_real_images_with_the_genuine_network(tmp_path, keras_home, capsys):
+    raw = tmp_path / "raw"
+    split = write_set(raw)
+    split.to_csv(tmp_path / "split.csv", index=False)
+    before = tree_digest(raw)
+    params = shrink_params(tmp_path, label_review={"image_size": 96, "folds": 4, "sheet_images": 12,
+                                                   "weights": str(keras_home / "models" / WEIGHTS_224)},
+                           base={"classes": list(CLASSES)})
+    out = {"out": tmp_path / "r" / "issues.csv", "sheet": tmp_path / "r" / "issues.png",
+           "report": tmp_path / "r" / "review.json"}
+    summary = run(params, raw, tmp_path / "split.csv", out)
+    issues = pd.read_csv(out["out"])
+    assert set(PLANTED) <= set(issues.path), issues[["path", "label", "suggested_label", "label_quality"]]
+    assert len(issues) <= len(PLANTED) + 3
+    wrong = issues.set_index("path").loc[list(PLANTED)]
+    assert wrong.suggested_label.tolist() == list(PLANTED.values())
+    assert list(issues.columns) == ["path", "sha256", "label", "suggested_label", "label_quality",
+                                    "p_normal", "p_precancer", "p_cancer", "split", "group_id", "rank"]
+    assert json.loads(out["report"].read_text()) == summary
+    assert summary["images_reviewed"] == len(split) and summary["flagged"] == len(issues)
+    assert summary["head_out_of_fold_accuracy"] >= 0.85
+    assert Image.open(out["sheet"]).size[0] > 0
+    assert tree_digest(raw) == before  # nothing moved, changed or excluded
+
+
+def test_missing_weights_stop_the_stage_with_the_file_named(tmp_path, keras_home):
+    raw = tmp_path / "raw"
+    write_set(raw, per_class=2).to_csv(tmp_path / "split.csv", index=False)
+    params = shrink_params(tmp_path, label_review={"weights": str(tmp_path / "nope.h5")},
+                           base={"classes": list(CLASSES)})
+    argv = ["--params", str(params), "--raw", str(raw), "--split", str(tmp_path / "split.csv"),
+            "--out", str(tmp_path / "o.csv"), "--sheet", str(tmp_path / "o.png"), "--report", str(tmp_path / "o.json")]
+    with pytest.raises(SystemExit, match=r"label_review: MobileNetV2: weights file .*nope\.h5 does not exist"):
+        main(argv)
+    assert not (tmp_path / "o.csv").exists()
+    random = shrink_params(tmp_path, label_review={"architecture": "SmallCNN", "weights": "none"},
+                           base={"classes": list(CLASSES)})
+    with pytest.raises(WeightsUnavailable, match="needs pretrained features"):
+        run(random, raw, tmp_path / "split.csv", {"out": tmp_path / "o.csv", "sheet": tmp_path / "o.png",
+                                                  "report": tmp_path / "o.json"})
+
+
+def test_empty_sheet_says_nothing_was_flagged(tmp_path):
+    empty = pd.DataFrame(columns=["path", "label", "suggested_label", "label_quality", "rank"])
+    draw_label_issue_sheet(empty, tmp_path, 24, tmp_path / "empty.png")
+    assert Image.open(tmp_path / "empty.png").size[0] > 0
