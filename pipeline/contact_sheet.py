@@ -71,8 +71,9 @@ def draw_label_issue_sheet(issues: pd.DataFrame, raw_dir: Path, max_images: int,
         pen.text((6, 6), "No suspected label errors: nothing was flagged, nothing to review.", fill="black", font=font)
         sheet.save(out)
         return
-    pen.text((6, 4), f"Suspected label errors: {len(shown)} most suspicious of {len(issues)} flagged, "
-                     "most suspicious first.", fill="black", font=font)
+    shown_note = f", the {len(shown)} most suspicious shown" if len(shown) < len(issues) else ""
+    pen.text((6, 4), f"Suspected label errors: {len(issues)} flagged{shown_note}, most suspicious first.",
+             fill="black", font=font)
     pen.text((6, 4 + LINE), "Caption: given label -> suggested label (label quality: the model's probability "
                             "of the given label). Flagged for review only; nothing was excluded.",
              fill="dimgray", font=font)

@@ -136,6 +136,8 @@ class Flow:
     lock_timeout_seconds: int       # how long a second run on the same workspace waits (0: exits at once)
     retries: int                    # for tasks that touch remote services (DVC remote, MLflow registry)
     retry_delay_seconds: int
+    command_timeout_seconds: int    # every dvc/git command of the flow
+    stage_timeout_seconds: int      # every DVC stage
 
 
 SECTIONS: dict[str, type] = {"base": Base, "validate": Validate, "dedup": Dedup, "split": Split,

@@ -117,6 +117,17 @@ def compare(params, evaluation, best, test, raw, classes, name, champion) -> tup
     return comparison, {"version": int(champion.version), "data_version": champion.tags.get("data_version", "")}
 
 
+def check_rule(params, select_by: str) -> None:
+    """Settings that cannot give a decision with a stated error rate fail before anything is registered."""
+    if params.rule not in ("superiority", "non_inferiority"):
+        raise SystemExit(f"register: register.rule {params.rule!r} is not superiority or non_inferiority")
+    if params.gate_on not in ("point", "lower_bound"):
+        raise SystemExit(f"register: register.gate_on {params.gate_on!r} is not point or lower_bound")
+    if params.rule == "non_inferiority" and select_by in ("macro_f1", "roc_auc"):
+        raise SystemExit(f"register: non_inferiority has no test with a stated error rate for {select_by}; "
+                         "use superiority or select_by balanced_accuracy, accuracy or sensitivity_<class>")
+
+
 def find_version(client, name: str, run_id: str):
     """The version already registered for this training run (a retry), or None."""
     for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
@@ -201,6 +212,7 @@ def run(params_path: Path, raw: Path, split_csv: Path, metrics_path: Path, expor
 
     base, params = load_section("base", params_path), load_section("register", params_path)
     evaluation, classes = load_section("evaluate", params_path), list(base.classes)
+    check_rule(params, evaluation.select_by)
     client = client_or_fail()
     tracking.setup(load_section("train", params_path).experiment)
     metrics = json.loads(metrics_path.read_text())

@@ -26,6 +26,21 @@ def list_files(raw_dir: Path) -> list[Path]:
     return sorted(p.relative_to(raw_dir) for p in raw_dir.rglob("*") if p.is_file())
 
 
+def versioned_files(dvc_file: Path) -> set[str] | None:
+    """The files of the data version DVC recorded (`dvc add data/raw`), from its directory listing
+    in the DVC cache; None when there is no such record (a folder not under DVC)."""
+    import yaml
+
+    if not dvc_file.is_file():
+        return None
+    md5 = ((yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}])[0].get("md5", "")
+    repo = next((d for d in dvc_file.resolve().parents if (d / ".dvc").is_dir()), None)
+    listing = repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:] if repo and md5 else None
+    if listing is None or not listing.is_file():
+        return None
+    return {entry["relpath"] for entry in json.loads(listing.read_text())}
+
+
 def precheck(rel: Path, classes: tuple[str, ...]) -> str | None:
     """A reason to exclude the file from its place alone, before opening it."""
     if any(part.startswith(".") for part in rel.parts):
@@ -64,8 +79,8 @@ def check_image(fmt: str, width: int, height: int, params: Validate) -> str | No
     return None
 
 
-def build_manifest(raw_dir: Path, base: Base, params: Validate) -> pd.DataFrame:
-    rows = [describe_file(raw_dir, rel, base, params) for rel in list_files(raw_dir)]
+def build_manifest(raw_dir: Path, base: Base, params: Validate, files: list[Path] | None = None) -> pd.DataFrame:
+    rows = [describe_file(raw_dir, rel, base, params) for rel in (list_files(raw_dir) if files is None else files)]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -85,8 +100,9 @@ def summarize(manifest: pd.DataFrame, classes: tuple[str, ...], failures: list[s
 
 
 def run(params_path: Path, raw_dir: Path, manifest_path: Path, docs_dir: Path, summary_path: Path,
-        corrections: Path | None = None) -> dict:
+        corrections: Path | None = None, version_file: Path | None = None) -> dict:
     from pipeline import labels
+    from pipeline.tracking import data_version
     from pipeline.expectations import run_suite  # GE is slow to import; keep it off the pure path
 
     base, params = load_section("base", params_path), load_section("validate", params_path)
@@ -96,11 +112,16 @@ def run(params_path: Path, raw_dir: Path, manifest_path: Path, docs_dir: Path, s
         decisions = labels.load(corrections, base.classes)
     except labels.CorrectionsError as err:
         raise ValidationFailed(str(err)) from None
-    manifest = labels.apply(build_manifest(raw_dir, base, params), decisions)
+    files, versioned = list_files(raw_dir), versioned_files(version_file) if version_file else None
+    if versioned is not None:  # the data version that will be recorded is the one used: later arrivals wait
+        files = [f for f in files if f.as_posix() in versioned]
+    manifest = labels.apply(build_manifest(raw_dir, base, params, files), decisions)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest.to_csv(manifest_path, index=False)
     failures = run_suite(manifest, base, params, docs_dir)
     summary = summarize(manifest, base.classes, failures)
+    summary["not_in_data_version"] = len(list_files(raw_dir)) - len(files)
+    summary["data_version"] = data_version(version_file) if version_file and versioned is not None else "untracked"
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if failures:
@@ -117,13 +138,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", type=Path, required=True)
     parser.add_argument("--summary", type=Path, required=True)
     parser.add_argument("--corrections", type=Path, help="clinicians' label decisions (data/labels/corrections.csv)")
+    parser.add_argument("--version-file", type=Path, help="only the files of this DVC data version (data/raw.dvc)")
     args = parser.parse_args(argv)
     try:
-        summary = run(args.params, args.raw, args.manifest, args.docs, args.summary, args.corrections)
+        summary = run(args.params, args.raw, args.manifest, args.docs, args.summary, args.corrections,
+                      args.version_file)
     except ValidationFailed as err:
         raise SystemExit(f"validate: {err}") from None
     print(f"validate: {summary['ok']} usable, {summary['excluded']} excluded of {summary['files']} files; "
           f"{summary['label_decisions_applied']} clinician label decisions applied")
+    if summary["not_in_data_version"]:
+        print(f"validate: {summary['not_in_data_version']} files in {args.raw} are not in the recorded data version "
+              f"({args.version_file}) and wait for the next run (`dvc add {args.raw}` records them)")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def project(tmp_path) -> Path:
     repo = tmp_path / "project"
     repo.mkdir()
     shutil.copytree(ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", "data/labels/corrections.csv"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, repo / name)
     shutil.copy(shrink_params(tmp_path, validate={"min_images_per_class": 10}), repo / "params.yaml")
     sh(repo, "git", "init", "-q")

@@ -1,0 +1,86 @@
+"""Clinician sign-off before `@champion` moves (`register.require_approval`).
+
+When register decides a new version earns promotion but params ask for approval, the version is
+recorded as `awaiting_approval` and nothing moves. On a Prefect server the retrain flow then
+pauses and waits for a form in the Prefect UI (flow run -> Resume), showing the model card and the
+paired comparison: approve -> `@champion` moves (compare-and-set against the champion it was
+compared with); reject, or no answer within `register.approval_timeout_seconds` -> `@challenger`
+with that reason. Without a server, `python -m pipeline.champion approve VERSION` (or `reject`)
+does the same. Both paths run `pipeline.champion`, the one implementation.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import get_run_logger
+from prefect.input import RunInput
+
+from pipeline.params import load_section
+
+
+class Approval(RunInput):
+    approve: bool = False
+    reviewer: str = ""
+    note: str = ""
+
+
+def server_available() -> bool:
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
+def form_text(root: Path, registry: dict) -> str:
+    comparison = registry.get("comparison") or {}
+    card = (root / "reports" / "model_card.md").read_text() if (root / "reports" / "model_card.md").exists() else ""
+    return (f"## Promote {registry['model_name']} v{registry['version']} to @champion?\n\n{registry['reason']}\n\n"
+            f"Paired comparison on the same test images: `{json.dumps(comparison, default=str)[:1500]}`\n\n"
+            "Tick **approve** and give your name to promote; leave it unticked to reject (say why in the note).\n\n"
+            f"---\n{card}")
+
+
+def decide(root: Path, registry: dict, answer: Approval | None) -> str:
+    """Apply the clinician's answer (None: no answer in time) through pipeline.champion."""
+    from pipeline import champion, tracking
+    from pipeline.register import client_or_fail
+
+    params = load_section("register", root / "params.yaml")
+    tracking.tracking_uri()
+    client, name, version = client_or_fail(), registry["model_name"], str(registry["version"])
+    who = answer.reviewer.strip() if answer else ""
+    if answer is not None and answer.approve and who:
+        event = champion.approve(client, name, version, who, answer.note, params.lock_timeout_seconds)
+        return f"v{version}: approved by {who}; @champion moved: {event['reason']}"
+    if answer is None:
+        who, reason = "approval timeout", f"no answer within {params.approval_timeout_seconds} s"
+    elif answer.approve:
+        who, reason = "unknown", "approval needs the reviewer's name"
+    else:
+        reason = answer.note or "rejected without a note"
+    event = champion.reject(client, name, version, who or "unknown", reason, params.lock_timeout_seconds)
+    return f"v{version}: not promoted ({event['reason']})"
+
+
+def request_approval(root: Path, registry: dict) -> str:
+    """Pause the running flow for a clinician's answer, then apply it; without a server, say how to answer."""
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+
+    logger = get_run_logger()
+    if not server_available():
+        message = (f"v{registry['version']} awaits a clinician's approval: "
+                   f"python -m pipeline.champion approve {registry['version']} (or reject {registry['version']} --reason ...)")
+        logger.info(message)
+        return message
+    params = load_section("register", root / "params.yaml")
+    form = Approval.with_initial_data(description=form_text(root, registry))
+    logger.info("waiting up to %ss for a clinician to approve v%s in the Prefect UI",
+                params.approval_timeout_seconds, registry["version"])
+    try:
+        answer = pause_flow_run(wait_for_input=form, timeout=params.approval_timeout_seconds, poll_interval=2)
+    except FlowPauseTimeout:
+        answer = None
+    message = decide(root, registry, answer)
+    logger.info(message)
+    return message
