@@ -65,7 +65,7 @@ def draw_label_issue_sheet(issues: pd.DataFrame, raw_dir: Path, max_images: int,
     shown = issues.sort_values("rank").head(max_images)
     rows = -(-len(shown) // LABEL_COLS)
     top, cell_h = 3 * LINE, LABEL_THUMB + 2 * LINE + 8
-    sheet = Image.new("RGB", (LABEL_COLS * LABEL_CELL, top + max(1, rows) * cell_h), "white")
+    sheet = Image.new("RGB", (LABEL_COLS * LABEL_CELL, top + rows * cell_h), "white")
     pen = ImageDraw.Draw(sheet)
     if shown.empty:
         pen.text((6, 6), "No suspected label errors: nothing was flagged, nothing to review.", fill="black", font=font)

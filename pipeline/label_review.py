@@ -8,8 +8,9 @@ copy of an image never helps score it; cleanlab's `find_label_issues` then flags
 whose given label disagrees with those out-of-fold probabilities, ranked by self-confidence
 (the probability of the given label: lowest first).
 
-The output is a review list only: no stage reads it, and corrections go through the labels file
-people edit (see DESIGN.md), never through a stage.
+The output is a review list only: no stage reads it. A clinician fills its `correct_label` column
+and `python -m pipeline.labels import` records the decisions in the corrections file people own;
+no stage changes a label.
 """
 from __future__ import annotations
 
@@ -157,6 +158,7 @@ def issue_table(table: pd.DataFrame, labels: np.ndarray, probs: np.ndarray, rank
         out[f"p_{name}"] = probs[ranked, j].round(4) if len(ranked) else []
     out["split"], out["group_id"] = flagged.split, flagged.group_id
     out["rank"] = np.arange(1, len(out) + 1)
+    out["correct_label"] = ""  # for the clinician; `python -m pipeline.labels import` records filled cells
     return out
 
 
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         s = run(args.params, args.raw, args.split, {k: getattr(args, k) for k in ("out", "sheet", "report")})
     except WeightsUnavailable as err:
-        raise SystemExit(f"label_review: {err}") from None
+        raise SystemExit(f"label_review: {err} (label_review itself never runs on random weights)") from None
     per_class = ", ".join(f"{c} {n}" for c, n in s["flagged_per_class"].items())
     print(f"label_review: {s['flagged']} of {s['images_reviewed']} images flagged for label review ({per_class}); "
           f"out-of-fold head accuracy {s['head_out_of_fold_accuracy']}; nothing excluded; {args.out}")

@@ -6,9 +6,10 @@ import pytest
 from PIL import Image, ImageDraw, ImageEnhance
 
 from pipeline.contact_sheet import draw_label_issue_sheet
-from pipeline.label_review import find_issues, grouped_folds, main, out_of_fold_probabilities, run
+from pipeline.label_review import find_issues, grouped_folds, issue_table, main, out_of_fold_probabilities, run
+from pipeline.labels import from_sheet
 from pipeline.models import WeightsUnavailable
-from tests.conftest import noise_image, shrink_params, tree_digest
+from tests.conftest import shrink_params, tree_digest
 
 CLASSES = ("normal", "precancer", "cancer")
 WEIGHTS_224 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"  # no-top: any input size
@@ -60,6 +61,20 @@ def test_folds_shrink_to_the_number_of_groups_and_a_class_in_one_group_is_not_ch
         grouped_folds(labels, np.zeros(5), 5, seed=0)
 
 
+def test_issue_table_carries_sha256_only_when_split_has_it_and_feeds_label_corrections(tmp_path):
+    table = pd.DataFrame({"path": ["a", "b"], "label": ["normal", "cancer"], "group_id": ["g1", "g2"],
+                          "split": ["train", "test"]})
+    probs = np.array([[0.1, 0.1, 0.8], [0.2, 0.2, 0.6]])
+    out = issue_table(table, np.array([0, 2]), probs, np.array([0]), CLASSES)
+    assert out.to_dict("records") == [{"path": "a", "label": "normal", "suggested_label": "cancer",
+                                       "label_quality": 0.1, "p_normal": 0.1, "p_precancer": 0.1, "p_cancer": 0.8,
+                                       "split": "train", "group_id": "g1", "rank": 1, "correct_label": ""}]
+    with_sha = issue_table(table.assign(sha256=["a" * 64, "b" * 64]), np.array([0, 2]), probs, np.array([0]), CLASSES)
+    assert list(with_sha.columns[:3]) == ["path", "sha256", "label"]
+    with_sha.assign(correct_label="precancer").to_csv(tmp_path / "reviewed.csv", index=False)  # a clinician's answer
+    assert from_sheet(tmp_path / "reviewed.csv", "dr. a", "2026-01-01")[0]["correct_label"] == "precancer"
+
+
 def texture(label: str, seed: int, size: int = 120) -> Image.Image:
     """Two random colours in a class texture: stripes (normal), checks (precancer), dots (cancer).
     Frozen ImageNet features tell textures apart at once, so a wrong label has to stand out."""
@@ -107,10 +122,13 @@ def write_set(raw, per_class=16):
     return split
 
 
-def test_stage_flags_planted_labels_on_real_images_with_the_genuine_network(tmp_path, keras_home, capsys):
+def test_stage_flags_planted_labels_on_real_images_with_the_genuine_network(tmp_path, keras_home):
     raw = tmp_path / "raw"
     split = write_set(raw)
-    split.to_csv(tmp_path / "split.csv", index=False)
+    (raw / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 64)  # one bad file must not stop it
+    with_broken = pd.concat([split, pd.DataFrame([["normal/broken.png", "normal", "g_broken", "train", "x"]],
+                                                 columns=split.columns)])
+    with_broken.to_csv(tmp_path / "split.csv", index=False)
     before = tree_digest(raw)
     params = shrink_params(tmp_path, label_review={"image_size": 96, "folds": 4, "sheet_images": 12,
                                                    "weights": str(keras_home / "models" / WEIGHTS_224)},
@@ -124,9 +142,11 @@ def test_stage_flags_planted_labels_on_real_images_with_the_genuine_network(tmp_
     wrong = issues.set_index("path").loc[list(PLANTED)]
     assert wrong.suggested_label.tolist() == list(PLANTED.values())
     assert list(issues.columns) == ["path", "sha256", "label", "suggested_label", "label_quality",
-                                    "p_normal", "p_precancer", "p_cancer", "split", "group_id", "rank"]
+                                    "p_normal", "p_precancer", "p_cancer", "split", "group_id", "rank",
+                                    "correct_label"]
     assert json.loads(out["report"].read_text()) == summary
     assert summary["images_reviewed"] == len(split) and summary["flagged"] == len(issues)
+    assert list(summary["not_checked"]["unreadable"]) == ["normal/broken.png"]
     assert summary["head_out_of_fold_accuracy"] >= 0.85
     assert Image.open(out["sheet"]).size[0] > 0
     assert tree_digest(raw) == before  # nothing moved, changed or excluded
