@@ -215,7 +215,8 @@ def _move(client, name, alias, found, expected, check, actor, decision, tag_deci
     event = record(client, name, {"actor": actor, "alias": alias, "old": old, "new": version,
                                   "moved": old != version, "decision": decision, "reason": reason,
                                   "data_version": data_version})
-    _tag_version(client, name, version, tag_decision, reason)
+    if old != version or found.tags.get("decision") != tag_decision:  # a kept version keeps the reason it won by
+        _tag_version(client, name, version, tag_decision, reason)
     return event
 
 
