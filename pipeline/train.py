@@ -199,7 +199,8 @@ def run(params_path: Path, name: str, inputs: dict[str, Path], out_dir: Path, me
     key = tracking.pipeline_key(inputs["split"], inputs["augmented_csv"], params_section=repr(params))
     out_dir.mkdir(parents=True, exist_ok=True)
     with mlflow.start_run(run_id=tracking.parent_run(experiment, key, lineage)) as parent, \
-            mlflow.start_run(run_name=name, nested=True, tags={"architecture": name, **lineage}) as child:
+            mlflow.start_run(run_name=f"{name} data {lineage['data_version'][:8]}", nested=True, experiment_id=experiment,
+                             tags={"architecture": name, **lineage}) as child:
         log_run_params(mlflow, name, spec, size, params, base_p.seed, data)
         history, start = History(mlflow), time.perf_counter()
         fit = fit_scratch if spec.weights == "none" else fit_cached

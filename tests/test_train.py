@@ -125,13 +125,16 @@ def test_train_and_evaluate_stages_log_to_a_real_mlflow_store(tmp_path, monkeypa
     db = sqlite3.connect(tmp_path / "mlflow.db")  # the real store, not a mock
     children = db.execute("SELECT r.run_uuid, r.name FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid "
                           "WHERE t.key = 'mlflow.parentRunId'").fetchall()
-    assert sorted(name for _, name in children) == ["MobileNetV2", "SmallCNN"]
+    assert sorted(name.split(" data ")[0] for _, name in children) == ["MobileNetV2", "SmallCNN"]
     parents = {row[0] for row in db.execute("SELECT value FROM tags WHERE key = 'mlflow.parentRunId'")}
     assert parents == {runs["MobileNetV2"]["parent_run_id"]}  # one parent per pipeline run
+    experiments = {str(row[0]) for row in db.execute("SELECT experiment_id FROM runs")}
+    assert experiments == {runs["MobileNetV2"]["experiment_id"]}  # children live in the parent's experiment
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     for run_id, name in children:
+        name = name.split(" data ")[0]
         files = {f.path for f in client.list_artifacts(run_id)} | {f.path for f in client.list_artifacts(run_id, "test")}
         assert {"val_confusion.png", "val_confusion.json", "test/" + f"{name}_test_confusion.png"} <= files
         epochs = json.loads((out / f"{name}.json").read_text())["epochs"]
