@@ -143,6 +143,16 @@ def validated_version(root: Path) -> str | None:
     return json.loads(report.read_text()).get("data_version") if report.exists() else None
 
 
+def pushed_state(root: Path) -> str:
+    """What a successful push covered: the data version and every stage's outputs (dvc.lock)."""
+    from pipeline.tracking import digest
+
+    return digest(*[root / p for p in ("data/raw.dvc", "dvc.lock") if (root / p).exists()])
+
+
+PUSHED = Path(".dvc") / "tmp" / "retrain-pushed"  # written after a push succeeds; a cheap check every few minutes
+
+
 @task(cache_policy=NO_CACHE)
 def unfinished(root: Path, params: Flow) -> list[str]:
     """What an earlier run left undone: results not committed, data or outputs not pushed."""
@@ -150,7 +160,8 @@ def unfinished(root: Path, params: Flow) -> list[str]:
     if params.commit and git(root, "status", "--porcelain", "--", *[p for p in COMMITTED if (root / p).exists()],
                              timeout=params.command_timeout_seconds).stdout.strip():
         left.append("commit")
-    if params.push and status_json(dvc(root, "status", "--cloud", "--json", timeout=params.command_timeout_seconds)):
+    marker = root / PUSHED
+    if params.push and (not marker.exists() or marker.read_text() != pushed_state(root)):
         left.append("push")
     return left
 
@@ -158,6 +169,7 @@ def unfinished(root: Path, params: Flow) -> list[str]:
 @task(cache_policy=NO_CACHE)
 def push(root: Path, timeout: float) -> None:
     dvc(root, "push", "-q", timeout=timeout)
+    (root / PUSHED).write_text(pushed_state(root))
 
 
 @task(cache_policy=NO_CACHE)
