@@ -31,6 +31,17 @@ def server_available() -> bool:
     return bool(PREFECT_API_URL.value())
 
 
+def awaiting(registry: dict) -> bool:
+    """Whether the registry still holds the version as awaiting approval (the registry is the truth,
+    not reports/registry.json, which a later run without a new model leaves as it was)."""
+    from pipeline import tracking
+    from pipeline.register import client_or_fail
+
+    tracking.tracking_uri()
+    version = client_or_fail().get_model_version(registry["model_name"], str(registry["version"]))
+    return version.tags.get("decision") == "awaiting_approval"
+
+
 def form_text(root: Path, registry: dict) -> str:
     comparison = registry.get("comparison") or {}
     card = (root / "reports" / "model_card.md").read_text() if (root / "reports" / "model_card.md").exists() else ""
@@ -52,10 +63,11 @@ def decide(root: Path, registry: dict, answer: Approval | None) -> str:
     if answer is not None and answer.approve and who:
         event = champion.approve(client, name, version, who, answer.note, params.lock_timeout_seconds)
         return f"v{version}: approved by {who}; @champion moved: {event['reason']}"
+    if answer is not None and answer.approve:  # a slip of the form must not reject the model for good
+        return (f"v{version}: approval needs the reviewer's name; still awaiting approval "
+                f"(python -m pipeline.champion approve {version})")
     if answer is None:
         who, reason = "approval timeout", f"no answer within {params.approval_timeout_seconds} s"
-    elif answer.approve:
-        who, reason = "unknown", "approval needs the reviewer's name"
     else:
         reason = answer.note or "rejected without a note"
     event = champion.reject(client, name, version, who or "unknown", reason, params.lock_timeout_seconds)
@@ -68,6 +80,10 @@ def request_approval(root: Path, registry: dict) -> str:
     from prefect.flow_runs import pause_flow_run
 
     logger = get_run_logger()
+    if not awaiting(registry):  # answered already (UI or command line): never ask twice
+        message = f"v{registry['version']} was already decided; no approval asked"
+        logger.info(message)
+        return message
     if not server_available():
         message = (f"v{registry['version']} awaits a clinician's approval: "
                    f"python -m pipeline.champion approve {registry['version']} (or reject {registry['version']} --reason ...)")

@@ -139,7 +139,7 @@ def find_version(client, name: str, run_id: str):
 def abandon_interrupted(client, name: str, keep: str) -> None:
     """Versions an interrupted register left undecided are marked so, never left looking promoted."""
     for v in client.search_model_versions(f"name = '{name}' and tag.decision = 'pending'"):
-        if str(v.version) != keep:
+        if str(v.version) != keep and not v.aliases:  # one holding an alias was moved: the next register re-tags it
             client.set_model_version_tag(name, v.version, "decision", "abandoned")
             client.set_model_version_tag(name, v.version, "reason", f"register was interrupted; superseded by v{keep}")
 

@@ -35,8 +35,13 @@ def versioned_files(dvc_file: Path) -> set[str] | None:
         return None
     md5 = ((yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}])[0].get("md5", "")
     repo = next((d for d in dvc_file.resolve().parents if (d / ".dvc").is_dir()), None)
-    listing = repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:] if repo and md5 else None
-    if listing is None or not listing.is_file():
+    if repo is None or not md5:
+        return None
+    from dvc.repo import Repo  # the cache may live elsewhere (cache.dir): ask DVC where
+
+    with Repo(str(repo)) as dvc_repo:
+        listing = Path(dvc_repo.cache.local.oid_to_path(md5))
+    if not listing.is_file():
         return None
     return {entry["relpath"] for entry in json.loads(listing.read_text())}
 

@@ -365,6 +365,7 @@ def test_clinician_approval_in_a_real_prefect_server(tmp_path, prefect_server, m
         worker.join(120)
         assert "approved by dr. rao" in answer["out"]
         assert champion.alias_version(client, name) == "2"
+        assert "already decided" in ask("2")  # a later run with the same registry.json never asks twice
 
         timed_out = ask("3")  # nobody answers within approval_timeout_seconds
     assert "not promoted" in timed_out and "no answer" in timed_out

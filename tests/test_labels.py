@@ -156,3 +156,16 @@ def test_split_report_accounts_for_every_image_that_left_the_test_split(tmp_path
     assert [m["path"] for m in report["left_test"]] == [test_path]
     assert report["left_test"][0]["to"] == "train" and "gmerged" in report["left_test"][0]["reason"]
     assert pd.read_csv(ledger).set_index("sha256").loc[first.set_index("path").loc[test_path, "sha256"], "split"] == "train"
+
+
+def test_a_project_from_before_the_ledger_keeps_its_last_split(tmp_path):
+    params = shrink_params(tmp_path)
+    rows = [{"path": f"normal/{i}.png", "label": "normal", "group_id": f"g{i}", "conflict": False,
+             "sha256": f"s{i}", "duplicate_of": "", "phash": "", "mixed_labels": False} for i in range(30)]
+    pd.DataFrame(rows).to_csv(tmp_path / "groups.csv", index=False)
+    old = pd.DataFrame({"path": [r["path"] for r in rows], "label": "normal", "group_id": [r["group_id"] for r in rows],
+                        "split": ["test"] * 30})  # the old split.csv: by path, no sha256, no ledger beside it
+    old.to_csv(tmp_path / "split.csv", index=False)
+    report = split.run(params, tmp_path / "groups.csv", tmp_path / "split.csv", tmp_path / "split.json",
+                       tmp_path / "ledger.csv")
+    assert report["kept_from_ledger"] == 30 and set(pd.read_csv(tmp_path / "split.csv").split) == {"test"}
