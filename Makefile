@@ -13,13 +13,19 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # Keras looks for ImageNet weights in $KERAS_HOME/models; the demo seeds it from ../shared/weights.
 export KERAS_HOME ?= $(CURDIR)/.keras
 
-.PHONY: install demo test bench clean-demo
+# System packages (Debian): only when missing; CI runs as root on a fresh machine.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT  := $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends
+
+.PHONY: install demo test bench clean-demo browser
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	@command -v npm >/dev/null || { $(APT) npm >/dev/null; }
+	$(BIN)/python -m pipeline.datadocs --install
 	touch $@
 
 install: $(VENV)/.installed
@@ -33,7 +39,11 @@ demo: install
 	$(BIN)/dvc push -q
 	@echo; echo "Done. Reports in reports/; runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
-test: install
+# the real-browser tests use Debian's chromium (headless, no download at run time)
+browser:
+	@command -v chromium >/dev/null || { $(APT) chromium >/dev/null; }
+
+test: install browser
 	$(BIN)/python -m pytest
 
 bench: install

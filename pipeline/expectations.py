@@ -65,10 +65,17 @@ def explain(result, frame: pd.DataFrame) -> str:
     return f"{config.description} [{config.type}]" + (f": {detail}" if detail else "")
 
 
-def run_suite(manifest: pd.DataFrame, base: Base, params: Validate, docs_dir: Path) -> list[str]:
-    """Run the suite, write Data Docs to docs_dir, and return one message per broken expectation."""
+BATCHES = {"files": "every file in data/raw", "images": "the usable images", "classes": "usable images per class"}
+
+
+def run_suite(manifest: pd.DataFrame, base: Base, params: Validate, docs_dir: Path, run_name: str) -> list[str]:
+    """Run the suite, write Data Docs (offline-ready) to docs_dir, and return one message per broken
+    expectation. Runs are named by the data version, batches by what they hold."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    from pipeline import datadocs
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
@@ -89,7 +96,9 @@ def run_suite(manifest: pd.DataFrame, base: Base, params: Validate, docs_dir: Pa
         checkpoint = context.checkpoints.add(gx.Checkpoint(
             name=name, validation_definitions=[definition],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=["validation"])]))
-        outcome = checkpoint.run(batch_parameters={"dataframe": frames[name]})
+        outcome = checkpoint.run(batch_parameters={"dataframe": frames[name]}, run_id=RunIdentifier(run_name=run_name))
         for validation in outcome.run_results.values():
             failures += [explain(r, frames[name]) for r in validation.results if not r.success]
+    datadocs.localize(docs_dir, {f"{name}": f"{name}: {what} ({len(frames[name])} rows)"
+                                 for name, what in BATCHES.items()})
     return failures

@@ -123,10 +123,11 @@ def run(params_path: Path, raw_dir: Path, manifest_path: Path, docs_dir: Path, s
     manifest = labels.apply(build_manifest(raw_dir, base, params, files), decisions)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest.to_csv(manifest_path, index=False)
-    failures = run_suite(manifest, base, params, docs_dir)
+    version = data_version(version_file) if version_file and versioned is not None else "untracked"
+    failures = run_suite(manifest, base, params, docs_dir, run_name=f"data-{version.removesuffix('.dir')[:8]}")
     summary = summarize(manifest, base.classes, failures)
     summary["not_in_data_version"] = len(list_files(raw_dir)) - len(files)
-    summary["data_version"] = data_version(version_file) if version_file and versioned is not None else "untracked"
+    summary["data_version"] = version
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if failures:
