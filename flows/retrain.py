@@ -226,12 +226,20 @@ def train_all(root: Path, params: Flow, run_id: str, force_validate: bool, remot
 
 @flow(name="retrain", log_prints=True)
 def retrain(workspace: str = ".") -> dict:
-    """Version data/raw, rerun what changed, register the model; end early when nothing changed."""
+    """Version data/raw, rerun what changed, register the model; end early when nothing changed.
+    The outcome is also left on the flow run as artifacts (decision summary, leaderboard)."""
+    from flows.artifacts import publish
+
+    outcome = retrain_once(Path(workspace).resolve())
+    publish(Path(workspace).resolve(), outcome)
+    return outcome
+
+
+def retrain_once(root: Path) -> dict:
     from prefect.runtime import flow_run
 
     from flows.approval import request_approval
 
-    root = Path(workspace).resolve()
     params: Flow = load_section("flow", root / "params.yaml")
     logger, wait = get_run_logger(), params.command_timeout_seconds
     remote = {"retries": params.retries,  # for what talks to the DVC remote or the MLflow server

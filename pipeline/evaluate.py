@@ -136,21 +136,58 @@ def run(params_path: Path, raw: Path, split_csv: Path, out: dict[str, Path]) -> 
                    "model": (out["models"] / name / "model.keras").as_posix()}}
     out["metrics"].write_text(json.dumps(summary, indent=2) + "\n")
     board.to_csv(out["leaderboard"], index=False)
-    log_leaderboard(json.loads((out["models"] / name / "run.json").read_text()), out, summary["best"])
+    info = json.loads((out["models"] / name / "run.json").read_text())
+    gradcam_examples(Path(summary["best"]["model"]), Path(chosen["predictions"]), raw, list(base.classes),
+                     info["image_size"], out["figures"] / "gradcam")
+    log_leaderboard(info, out, summary["best"], board)
     return summary
 
 
-def log_leaderboard(info: dict, out: dict[str, Path], best: dict) -> None:
+def log_leaderboard(info: dict, out: dict[str, Path], best: dict, board: pd.DataFrame) -> None:
+    """The leaderboard on the pipeline's parent run: `<arch>.val_…`/`<arch>.test_…` metrics the runs
+    table and compare view show, which architecture was chosen and on what, and the table itself."""
     from mlflow.tracking import MlflowClient
 
     client, parent = MlflowClient(), info["parent_run_id"]
     client.log_artifact(parent, str(out["leaderboard"]))
-    client.set_tag(parent, "best_architecture", best["architecture"])
+    for key, value in {"chosen_architecture": best["architecture"], "chosen_on": "val",
+                       "select_by": best["select_by"]}.items():
+        client.set_tag(parent, key, value)
     client.set_tag(parent, "best_run_id", best["run_id"])
-    client.set_tag(parent, "chosen_on", "val")
-    for key in ("val_value", "test_value"):
-        if best[key] is not None:
-            client.log_metric(parent, f"best_{key.split('_')[0]}_{best['select_by']}", best[key])
+    metrics = {f"best_{key.split('_')[0]}_{best['select_by']}": best[key] for key in ("val_value", "test_value")}
+    for row in board.to_dict("records"):
+        metrics.update({f"{row['architecture']}.{k}": v for k, v in row.items()
+                        if k not in ("architecture", "chosen") and isinstance(v, float)})
+    for key, value in metrics.items():
+        if value is not None and value == value:  # None / NaN: not measured, not logged
+            client.log_metric(parent, key, float(value))
+
+
+def gradcam_examples(model_path: Path, predictions: Path, raw: Path, classes, size: int, out_dir: Path,
+                     per_class: int = 2) -> list[dict]:
+    """Where the chosen model looked, on test images: per true class its most confident right answer
+    and its most confident wrong one (if any). Written as PNGs with an index for the run report."""
+    import keras
+
+    from pipeline.images import model_input
+    from pipeline.predict import gradcam, overlay
+
+    table = pd.read_csv(predictions, keep_default_na=False)
+    probs = table[[f"p_{c}" for c in classes]].to_numpy()
+    table["predicted"], table["confidence"] = [classes[i] for i in probs.argmax(1)], probs.max(1)
+    model, examples = keras.saving.load_model(model_path), []
+    for label in classes:
+        rows = table[table.label == label].sort_values(["confidence", "path"], ascending=[False, True])
+        right, wrong = rows[rows.predicted == label], rows[rows.predicted != label]
+        for outcome, row in [("right", r) for r in right.head(1).itertuples()] + \
+                            [("wrong", r) for r in wrong.head(per_class - min(1, len(right))).itertuples()]:
+            png = out_dir / f"{label}_{outcome}_{Path(row.path).stem}.png"
+            cam = gradcam(model, model_input(raw / row.path, size), classes.index(row.predicted))
+            overlay(raw / row.path, cam, png)
+            examples.append({"path": row.path, "label": label, "predicted": row.predicted,
+                             "confidence": round(float(row.confidence), 4), "outcome": outcome, "png": png.name})
+    (out_dir / "examples.json").write_text(json.dumps(examples, indent=2) + "\n")
+    return examples
 
 
 def fmt(value, digits: int = 3) -> str:

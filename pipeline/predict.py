@@ -28,7 +28,7 @@ def gradcam(model, x: np.ndarray, class_index: int) -> np.ndarray:
     features = model.get_layer("pool").input  # the base's last feature map, before pooling
     probe = keras.Model(model.inputs, [features, model.output])
     with tf.GradientTape() as tape:
-        fmap, probs = probe(x[None].astype("float32"), training=False)
+        fmap, probs = probe([x[None].astype("float32")], training=False)
         score = probs[:, class_index]
     grads = tape.gradient(score, fmap)[0]
     weights = tf.reduce_mean(grads, axis=(0, 1))

@@ -247,7 +247,22 @@ def run(params_path: Path, raw: Path, split_csv: Path, metrics_path: Path, expor
               "rule": params.rule, "select_by": evaluation.select_by, "comparison": comparison,
               "new": chosen["test"], "champion_before": before, "history_seq": event.get("seq")}
     out.write_text(json.dumps(report, indent=2) + "\n")
+    log_decision(client, info["parent_run_id"], report, [out, card_path])
     return report
+
+
+def log_decision(client, parent: str, report: dict, files: list[Path]) -> None:
+    """The decision on the pipeline's parent run, beside its leaderboard: version, alias, the rule's numbers."""
+    tags = {"registered_version": str(report["version"]), "decision": report["alias"],
+            "decision_reason": report["reason"][:5000], "decision_rule": report["rule"]}
+    for key, value in tags.items():
+        client.set_tag(parent, key, value)
+    for key in ("difference", "one_sided_lower"):
+        value = (report["comparison"] or {}).get(key)
+        if value is not None:
+            client.log_metric(parent, f"decision.{key}", float(value))
+    for f in files:
+        client.log_artifact(parent, str(f), artifact_path="decision")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,54 @@
+"""What a retrain run did, as Prefect artifacts: the Artifacts tab answers "what did last night's run do?".
+
+A markdown summary of the decision (version, alias, the rule and its numbers, data version) and
+the leaderboard as a table, both read from the files the stages wrote (nothing recomputed here).
+Runs that trained nothing get a one-line summary saying why.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+
+def fmt(value) -> str:
+    return "not measured" if value is None or value != value else f"{value:.3f}"
+
+
+def decision_markdown(registry: dict, metrics: dict, version: str, outcome: dict) -> str:
+    c, best = registry.get("comparison") or {}, metrics.get("best", {})
+    lines = [f"## {registry['model_name']} v{registry['version']} → @{registry['alias']}", "",
+             f"**Data version** `{version[:8]}` · **chosen** {best.get('architecture')} on validation "
+             f"{metrics.get('select_by')} · **rule** {registry.get('rule')} on test {registry.get('select_by')}", "",
+             f"**Why:** {registry['reason']}", ""]
+    if c:
+        lines += ["| | value |", "|---|---|", f"| new model | {fmt(c.get('new'))} |",
+                  f"| champion before | {fmt(c.get('old'))} |", f"| difference | {fmt(c.get('difference'))} |",
+                  f"| {c.get('confidence', 0):.0%} interval | {fmt(c.get('lower'))} to {fmt(c.get('upper'))} |",
+                  f"| one-sided lower bound | {fmt(c.get('one_sided_lower'))} |", ""]
+    lines += [f"Outcome: {outcome['message']}", "",
+              "Full report: `reports/index.html` in the workspace, and on the pipeline's MLflow run under `report/`."]
+    return "\n".join(lines)
+
+
+def leaderboard_rows(board: pd.DataFrame) -> list[dict]:
+    rows = board.astype(object).where(board.notna(), None).to_dict("records")
+    return [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+
+
+def publish(root: Path, outcome: dict) -> None:
+    """Attach the run's story to the current flow run (no-op outside one)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    version = outcome.get("data_version", "")
+    if outcome.get("status") != "trained":
+        create_markdown_artifact(key="retrain-decision", markdown=f"## Nothing trained\n\n{outcome['message']}",
+                                 description=f"retrain: {outcome['status']}")
+        return
+    registry = json.loads((root / "reports" / "registry.json").read_text())
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    create_markdown_artifact(key="retrain-decision", markdown=decision_markdown(registry, metrics, version, outcome),
+                             description=f"v{registry['version']} @{registry['alias']}, data {version[:8]}")
+    create_table_artifact(key="leaderboard", table=leaderboard_rows(pd.read_csv(root / "reports" / "leaderboard.csv")),
+                          description="validation chooses, test reports (intervals by duplicate group)")

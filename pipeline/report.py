@@ -1,0 +1,172 @@
+"""report: one self-contained page per pipeline run, reports/index.html (no network needed).
+
+What was validated and excluded (with reasons), deduplicated and quarantined, flagged for label
+review, how the split moved, the leaderboard with intervals, confusion matrices, Grad-CAM
+examples, the registry decision with its reason, and the model card. Pictures are embedded;
+the Data Docs and the review sheets are linked beside it. Logged to the pipeline's MLflow run.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+from html import escape
+from pathlib import Path
+
+import pandas as pd
+
+CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 1.5em 3em;color:#1d2330}
+h1{margin:.8em 0 .2em}h2{border-bottom:2px solid #dde3ea;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccd3dc;padding:.25em .6em;text-align:left}
+th{background:#eef2f6}td.n{text-align:right;font-variant-numeric:tabular-nums}.muted{color:#5b6675}
+.decision{padding:.8em 1em;border-radius:6px;border:2px solid}.champion{background:#e9f7ee;border-color:#3a9b5c}
+.other{background:#fff6e5;border-color:#d29a22}img{max-width:100%;border:1px solid #ccd3dc}
+.grid{display:flex;flex-wrap:wrap;gap:1em}.grid figure{margin:0;max-width:330px}figcaption{font-size:13px}
+nav a{margin-right:1em}.card{border-left:4px solid #dde3ea;padding-left:1em}
+.card h1{font-size:1.3em}.card h2{font-size:1.1em;border:none}"""
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def image(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return f'<p class="muted">({escape(alt)}: not produced)</p>'
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
+
+
+def number(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "not measured"
+    return f"{value:.3f}" if isinstance(value, float) else escape(str(value))
+
+
+def table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return '<p class="muted">none</p>'
+    columns = columns or list(rows[0])
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(
+        f'<td class="n">{number(r.get(c))}</td>' if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)
+        else f"<td>{number(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def counts(mapping: dict, key: str, value: str) -> str:
+    return table([{key: k, value: v} for k, v in mapping.items()])
+
+
+def decision_section(registry: dict) -> str:
+    if not registry:
+        return '<p class="muted">register has not run</p>'
+    c = registry.get("comparison") or {}
+    kind = "champion" if registry.get("alias") == "champion" else "other"
+    rows = [{"": "new model", "value": c.get("new")}, {"": "champion", "value": c.get("old")},
+            {"": "difference", "value": c.get("difference")},
+            {"": f"{c.get('confidence', 0):.0%} interval", "value": f"{number(c.get('lower'))} to {number(c.get('upper'))}"},
+            {"": "one-sided lower bound", "value": c.get("one_sided_lower")}] if c else []
+    before = registry.get("champion_before") or {}
+    return (f'<div class="decision {kind}"><b>{escape(registry["model_name"])} v{registry["version"]} '
+            f'&rarr; @{escape(registry["alias"])}</b><br>{escape(registry["reason"])}</div>'
+            f'<p>Rule: <b>{escape(str(registry.get("rule")))}</b> on test {escape(str(registry.get("select_by")))}; '
+            f'champion before: {("v" + str(before["version"])) if before else "none"}.</p>'
+            + table(rows) + (f'<p class="muted">{escape(c["method"])}</p>' if c.get("method") else ""))
+
+
+def leaderboard_section(board: pd.DataFrame, select_by: str) -> str:
+    rows = []
+    for r in board.to_dict("records"):
+        rows.append({"architecture": r["architecture"], "chosen": "yes" if r["chosen"] else "",
+                     f"validation {select_by}": r.get(f"val_{select_by}"), f"test {select_by}": r.get(f"test_{select_by}"),
+                     "test interval": f"{number(r.get(f'test_{select_by}_low'))} to {number(r.get(f'test_{select_by}_high'))}",
+                     "test ROC AUC": r.get("test_roc_auc"),
+                     **{k.replace("test_sensitivity_", "test sensitivity "): v for k, v in r.items()
+                        if k.startswith("test_sensitivity_")}})
+    return ("<p>Chosen on the <b>validation</b> split; the test split is reported once per architecture. "
+            "Intervals resample duplicate groups.</p>" + table(rows))
+
+
+def gradcam_section(folder: Path) -> str:
+    examples = json.loads((folder / "examples.json").read_text()) if (folder / "examples.json").is_file() else []
+    figures = "".join(f"<figure>{image(folder / e['png'], e['path'])}<figcaption>{escape(e['path'])}: "
+                      f"actual <b>{escape(e['label'])}</b>, predicted <b>{escape(e['predicted'])}</b> "
+                      f"({e['confidence']:.2f}, {escape(e['outcome'])})</figcaption></figure>" for e in examples)
+    return f'<div class="grid">{figures}</div>' if figures else '<p class="muted">no examples</p>'
+
+
+def render(reports: Path, manifest: Path, conflicts: Path, card: Path) -> str:
+    import markdown
+
+    validation, dedup, split = (read_json(reports / f"{n}.json") for n in ("validation", "dedup", "split"))
+    review, metrics, registry = (read_json(reports / f"{n}.json") for n in ("label_review", "metrics", "registry"))
+    files = pd.read_csv(manifest, keep_default_na=False) if manifest.is_file() else pd.DataFrame(columns=["status"])
+    excluded = files[files.status == "excluded"][["path", "reason"]].to_dict("records")
+    quarantine = pd.read_csv(conflicts, keep_default_na=False).to_dict("records") if conflicts.is_file() else []
+    board = pd.read_csv(reports / "leaderboard.csv") if (reports / "leaderboard.csv").is_file() else pd.DataFrame()
+    select_by = metrics.get("select_by", "balanced_accuracy")
+    per_split = [{"split": s, **v} for s, v in split.get("per_split", {}).items()]
+    confusions = "".join(f"<figure>{image(p, p.stem)}<figcaption>{escape(p.stem)}</figcaption></figure>"
+                         for p in sorted((reports / "evaluate").glob("*_confusion.png")))
+    version = str(validation.get("data_version", "untracked")).removesuffix(".dir")
+    sections = [
+        ("decision", "Registry decision", decision_section(registry)),
+        ("leaderboard", "Leaderboard", leaderboard_section(board, select_by) if not board.empty else "none"),
+        ("confusion", "Confusion matrices (test split)", f'<div class="grid">{confusions}</div>'),
+        ("gradcam", "Where the chosen model looked (Grad-CAM, test images)", gradcam_section(reports / "evaluate" / "gradcam")),
+        ("validation", "Validation",
+         f"<p>{validation.get('files', 0)} files: {validation.get('ok', 0)} usable, {validation.get('excluded', 0)} "
+         f"excluded. Suite {'passed' if validation.get('suite_success') else 'FAILED'}. "
+         f'<a href="validation/index.html">Data Docs</a></p>' + counts(validation.get("per_class", {}), "class", "usable images")
+         + "<h3>Excluded files, with reasons</h3>" + table(excluded)),
+        ("dedup", "Duplicates and quarantine",
+         table([{"": k.replace("_", " "), "value": v} for k, v in dedup.items()])
+         + "<h3>Quarantined label conflicts</h3>" + table(quarantine, ["status", "group_id", "path", "folder_label",
+                                                                     "decision", "correct_label"])
+         + image(reports / "dedup_groups.png", "duplicate groups")),
+        ("labels", "Label review",
+         f"<p>{review.get('flagged', 0)} of {review.get('images_reviewed', 0)} images flagged for a second look "
+         f'(<a href="label_issues.csv">label_issues.csv</a>). {escape(review.get("method", ""))}</p>'
+         + image(reports / "label_issues.png", "flagged images")),
+        ("split", "Split",
+         f"<p>{split.get('kept_from_ledger', 0)} images kept their earlier split, {split.get('newly_assigned', 0)} "
+         f"newly assigned, {split.get('moved', 0)} moved; left test: {len(split.get('left_test', []))}, "
+         f"left val: {len(split.get('left_val', []))}.</p>" + table(per_split)),
+        ("card", "Model card", f'<div class="card">{markdown.markdown(card.read_text(), extensions=["tables"])}</div>'
+                                if card.is_file() else "none"),
+    ]
+    nav = "".join(f'<a href="#{key}">{escape(title.split(" (")[0])}</a>' for key, title, _ in sections)
+    body = "".join(f'<h2 id="{key}">{escape(title)}</h2>{html}' for key, title, html in sections)
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Pipeline run, data {version[:8]}</title>'
+            f"<style>{CSS}</style></head><body><h1>Pipeline run</h1>"
+            f'<p class="muted">data version {escape(version)} &middot; chosen {escape(str(metrics.get("best", {}).get("architecture")))} '
+            f"&middot; MLflow run of the chosen model {escape(str(metrics.get('best', {}).get('run_id')))}</p>"
+            f"<nav>{nav}</nav>{body}</body></html>")
+
+
+def log_to_mlflow(page: Path, metrics: dict) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import tracking
+
+    tracking.tracking_uri()
+    info = json.loads((Path(metrics["best"]["model"]).parent / "run.json").read_text())
+    MlflowClient().log_artifact(info["parent_run_id"], str(page), artifact_path="report")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag in ("reports", "manifest", "conflicts", "card", "out"):
+        parser.add_argument(f"--{flag}", type=Path, required=True)
+    args = parser.parse_args(argv)
+    args.out.write_text(render(args.reports, args.manifest, args.conflicts, args.card), encoding="utf-8")
+    metrics = read_json(args.reports / "metrics.json")
+    if metrics:
+        log_to_mlflow(args.out, metrics)
+    print(f"report: {args.out} ({args.out.stat().st_size / 1e6:.1f} MB, self-contained); "
+          f"also on the pipeline's MLflow run under report/")
+
+
+if __name__ == "__main__":
+    main()
