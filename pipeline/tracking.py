@@ -9,6 +9,8 @@ from pathlib import Path
 import yaml
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+# the kind makes the MLflow 3 UI open the experiment on its training runs, not on GenAI traces
+KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def tracking_uri() -> str:
@@ -27,12 +29,12 @@ def setup(experiment: str) -> str:
     tracking_uri()
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
+        if found.tags.get(KIND[0]) != KIND[1]:  # an experiment made before the kind was set
+            mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *KIND)
         return found.experiment_id
     local = mlflow.get_tracking_uri().startswith("sqlite:")
     location = (Path("mlruns") / experiment).resolve().as_uri() if local else None
-    # the kind makes the MLflow 3 UI open the experiment on its training runs, not on GenAI traces
-    return mlflow.create_experiment(experiment, artifact_location=location,
-                                    tags={"mlflow.experimentKind": "custom_model_development"})
+    return mlflow.create_experiment(experiment, artifact_location=location, tags=dict([KIND]))
 
 
 def git_commit() -> str:

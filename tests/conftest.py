@@ -4,6 +4,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +123,50 @@ def isolated_mlflow_uri():
         sys.modules["mlflow"].set_tracking_uri(None)  # also unsets the variable
     if before is not None:
         os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def scratch_workspace(tmp_path: Path, overrides: dict, per_class: int = 12) -> Path:
+    """A scratch copy of the project: git + DVC repo with a local remote, shrunk params, demo images."""
+    from pipeline.demo import generate
+
+    root, env = tmp_path / "ws", {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    root.mkdir()
+    for name in ("pipeline", "flows"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore", "data/labels/corrections.csv"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, root / name)
+    shutil.copy(shrink_params(tmp_path, **overrides), root / "params.yaml")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
+                ["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    generate(root / "data" / "raw", per_class=per_class, seed=5)
+    return root
+
+
+@contextmanager
+def server(cmd: list[str], health: str, what: str, env: dict | None = None, seconds: int = 120):
+    """A server on a loopback port, in its own process group (MLflow leaves workers behind otherwise)."""
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_http(health, seconds, what)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextmanager
+def prefect_server_at(home: Path):
+    """A real Prefect server with its own database; yields the environment its clients need."""
+    port, bin_dir = free_port(), Path(sys.executable).parent
+    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "DO_NOT_TRACK": "1"}
+    with server([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                f"http://127.0.0.1:{port}/api/health", "the Prefect server", env):
+        yield {**os.environ, **env}

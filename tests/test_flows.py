@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.demo import generate
-from tests.conftest import ROOT, free_port, noise_image, shrink_params, wait_for_http
+from tests.conftest import ROOT, noise_image, prefect_server_at, scratch_workspace, shrink_params
 
 BIN = Path(sys.executable).parent
 TINY = {"validate": {"min_images_per_class": 8}, "augment": {"target_per_class": 20},
@@ -29,21 +28,7 @@ def git(root, *args):
 @pytest.fixture
 def workspace(tmp_path, monkeypatch) -> Path:
     """A scratch copy of the project: git + DVC repo with a local remote, tiny params, demo images."""
-    root = tmp_path / "ws"
-    root.mkdir()
-    for name in ("pipeline", "flows"):
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", "data/labels/corrections.csv"):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, root / name)
-    shutil.copy(shrink_params(tmp_path, **TINY), root / "params.yaml")
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
-                ["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")]):
-        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
-    git(root, "add", "-A")
-    git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    generate(root / "data" / "raw", per_class=12, seed=5)
+    root = scratch_workspace(tmp_path, TINY)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     monkeypatch.chdir(root)
     return root
@@ -238,17 +223,8 @@ def test_stage_log_keeps_the_summary_not_the_noise():
 @pytest.fixture
 def prefect_server(tmp_path):
     """A real Prefect server on a loopback port, with its own database."""
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "DO_NOT_TRACK": "1"}
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/api/health", 120, "the Prefect server")
+    with prefect_server_at(tmp_path / "prefect") as env:
         yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.mark.slow
