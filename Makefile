@@ -37,7 +37,7 @@ demo: install
 	$(BIN)/dvc add -q data/raw
 	$(BIN)/dvc repro
 	$(BIN)/dvc push -q
-	@echo; echo "Done. Reports in reports/; runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo; echo "Done. Open reports/index.html; runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db, then http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
 
 # the real-browser tests use Debian's chromium (headless, no download at run time)
 browser:

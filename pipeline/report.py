@@ -72,7 +72,8 @@ def decision_section(registry: dict) -> str:
             f'&rarr; @{escape(registry["alias"])}</b><br>{escape(registry["reason"])}</div>'
             f'<p>Rule: <b>{escape(str(registry.get("rule")))}</b> on test {escape(str(registry.get("select_by")))}; '
             f'champion before: {("v" + str(before["version"])) if before else "none"}.</p>'
-            + table(rows) + (f'<p class="muted">{escape(c["method"])}</p>' if c.get("method") else ""))
+            + (table(rows) if rows else "<p>No champion to compare with.</p>")
+            + (f'<p class="muted">{escape(c["method"])}</p>' if c.get("method") else ""))
 
 
 def leaderboard_section(board: pd.DataFrame, select_by: str) -> str:
