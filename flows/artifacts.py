@@ -27,8 +27,9 @@ def decision_markdown(registry: dict, metrics: dict, version: str, outcome: dict
                   f"| champion before | {fmt(c.get('old'))} |", f"| difference | {fmt(c.get('difference'))} |",
                   f"| {c.get('confidence', 0):.0%} interval | {fmt(c.get('lower'))} to {fmt(c.get('upper'))} |",
                   f"| one-sided lower bound | {fmt(c.get('one_sided_lower'))} |", ""]
-    lines += [f"Outcome: {outcome['message']}", "",
-              "Full report: `reports/index.html` in the workspace, and on the pipeline's MLflow run under `report/`."]
+    if not outcome["message"].startswith(f"model v{registry['version']} is "):  # e.g. an approval was asked for
+        lines += [f"Outcome: {outcome['message']}", ""]
+    lines += ["Full report: `reports/index.html` in the workspace, and on the pipeline's MLflow run under `report/`."]
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -54,6 +55,9 @@ def test_demo_folder_is_validated_and_every_bad_file_explained(tmp_path, demo_ra
     assert tuple(odd.loc["cancer/phone photo.jpg", ["width", "height"]]) == (200, 150)  # EXIF-oriented
     assert summary["suite_success"] and (out / "docs" / "index.html").is_file()
     assert json.loads((out / "summary.json").read_text())["excluded"] == len(excluded)
+    for page in (out / "docs").rglob("*.html"):  # no page loads anything from the network (offline hospital PCs)
+        loads = re.findall(r"<(?:script|link|img)[^>]*(?:src|href)=[\"'](https?://[^\"']+)", page.read_text())
+        assert loads == [], (page.name, loads)
     assert tree_digest(demo_raw) == before  # data/raw is never modified
 
 
