@@ -40,11 +40,12 @@ def test_stage_order_is_dvcs_graph():
     order = stage_order(ROOT)
     assert order[:3] == ["validate", "dedup", "split"]
     assert sorted(order) == sorted(["validate", "dedup", "split", "augment", "train@MobileNetV2", "train@SmallCNN",
-                                    "evaluate", "export", "register", "label_review"])  # foreach expanded by DVC
+                                    "evaluate", "export", "register", "label_review", "report"])  # foreach expanded by DVC
     position = {stage: i for i, stage in enumerate(order)}
     assert position["augment"] < min(position["train@MobileNetV2"], position["train@SmallCNN"])
     assert max(position["train@MobileNetV2"], position["train@SmallCNN"]) < position["evaluate"]
-    assert position["evaluate"] < position["export"] < position["register"]
+    assert position["evaluate"] < position["export"] < position["register"] < position["report"]
+    assert position["label_review"] < position["report"]
 
 
 def test_second_run_on_the_same_workspace_is_refused(tmp_path):
