@@ -24,11 +24,15 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# the Data Docs page assets, from npm (pipeline/datadocs.py lists them); refetched when that list changes
+.vendor/datadocs/.installed: pipeline/datadocs.py $(VENV)/.installed
 	@command -v npm >/dev/null || { $(APT) npm >/dev/null; }
 	$(BIN)/python -m pipeline.datadocs --install
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed .vendor/datadocs/.installed
 
 demo: install
 	@if [ -z "$$(ls -A data/raw 2>/dev/null)" ]; then $(BIN)/python -m pipeline.demo --out data/raw; fi

@@ -44,7 +44,8 @@ def publish(root: Path, outcome: dict) -> None:
 
     version = outcome.get("data_version", "")
     if outcome.get("status") != "trained":
-        create_markdown_artifact(key="retrain-decision", markdown=f"## Nothing trained\n\n{outcome['message']}",
+        title = "Run failed: the registry was not changed" if outcome["status"] == "failed" else "Nothing trained"
+        create_markdown_artifact(key="retrain-decision", markdown=f"## {title}\n\n{outcome['message']}",
                                  description=f"retrain: {outcome['status']}")
         return
     registry = json.loads((root / "reports" / "registry.json").read_text())

@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -28,7 +28,7 @@ from prefect.tasks import exponential_backoff
 from pipeline.params import Flow, load_section
 
 BIN = Path(sys.executable).parent
-REMOTE_STAGES = {"export", "register"}  # they talk to the MLflow server: retried (register is idempotent)
+REMOTE_STAGES = {"export", "register", "report"}  # they talk to the MLflow server: retried (register is idempotent)
 COMMITTED = ("dvc.lock", ".gitignore", "data", "reports", "models")  # what a run commits to git
 
 
@@ -230,8 +230,14 @@ def retrain(workspace: str = ".") -> dict:
     The outcome is also left on the flow run as artifacts (decision summary, leaderboard)."""
     from flows.artifacts import publish
 
-    outcome = retrain_once(Path(workspace).resolve())
-    publish(Path(workspace).resolve(), outcome)
+    root = Path(workspace).resolve()
+    try:
+        outcome = retrain_once(root)
+    except Exception as err:  # a failed run says so in its Artifacts tab too
+        with suppress(Exception):  # never hide the failure behind a failing summary
+            publish(root, {"status": "failed", "message": f"{type(err).__name__}: {str(err)[:1500]}"})
+        raise
+    publish(root, outcome)
     return outcome
 
 
@@ -272,6 +278,9 @@ def retrain_once(root: Path) -> dict:
     registry = json.loads((root / "reports" / "registry.json").read_text())
     message = f"model v{registry['version']} is {registry['alias']}: {registry['reason']}"
     if registry["alias"] == "awaiting_approval":
+        from flows.artifacts import publish  # the reviewer sees the decision while the run waits for them
+
+        publish(root, {"status": "trained", "data_version": version, "message": message})
         message = request_approval(root, registry)
     return {"status": "trained", "data_version": version, "committed": committed, "message": message}
 

@@ -3,13 +3,15 @@
 Great Expectations' pages load bootstrap, jQuery, bootstrap-table, vega and font-awesome from
 public CDNs; offline (many hospital machines) the index lists nothing and pages are unstyled.
 `python -m pipeline.datadocs --install` (run by `make install`) fetches the exact package
-versions the pages ask for with `npm pack` into pipeline/_vendor/; after each build, validate
-copies them beside the pages and points every page at the local copies.
+versions the pages ask for with `npm pack` into .vendor/datadocs/ (outside pipeline/, which is
+logged with every model; $DATADOCS_ASSETS points elsewhere); after each build, validate copies
+them beside the pages and points every page at the local copies.
 """
 from __future__ import annotations
 
 import argparse
 import html
+import os
 import re
 import shutil
 import subprocess
@@ -17,7 +19,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-VENDOR = Path(__file__).resolve().parent / "_vendor" / "datadocs"
+VENDOR = Path(os.environ.get("DATADOCS_ASSETS") or Path(__file__).resolve().parents[1] / ".vendor" / "datadocs")
 
 # CDN address the pages use -> (npm package@version, file inside the package). One row per asset.
 ASSETS = {
@@ -67,7 +69,8 @@ def install(dest: Path = VENDOR) -> Path:
     if not shutil.which("npm"):
         raise SystemExit("datadocs: npm is needed at install time (Debian: apt-get install npm)")
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run(["npm", "pack", "--silent", *wanted], cwd=tmp, capture_output=True, text=True)
+        done = subprocess.run(["npm", "pack", "--silent", "--fetch-retries=4", *wanted], cwd=tmp,
+                              capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"datadocs: npm pack failed:\n{done.stderr[-2000:]}")
         for package in wanted:
@@ -84,7 +87,8 @@ def install(dest: Path = VENDOR) -> Path:
 
 
 def installed(vendor: Path = VENDOR) -> bool:
-    return all((vendor / local_name(p) / inner).is_file() for p, inner in ASSETS.values())
+    return all((vendor / local_name(p) / inner).is_file() for p, inner in ASSETS.values()) and \
+        all(any((vendor / local_name(p) / folder).glob("*")) for p, folders in EXTRA_FOLDERS.items() for folder in folders)
 
 
 def localize(docs_dir: Path, assets: dict[str, str] | None = None, vendor: Path = VENDOR) -> int:

@@ -176,12 +176,13 @@ def gradcam_examples(model_path: Path, predictions: Path, raw: Path, classes, si
     probs = table[[f"p_{c}" for c in classes]].to_numpy()
     table["predicted"], table["confidence"] = [classes[i] for i in probs.argmax(1)], probs.max(1)
     model, examples = keras.saving.load_model(model_path), []
+    out_dir.mkdir(parents=True, exist_ok=True)
     for label in classes:
         rows = table[table.label == label].sort_values(["confidence", "path"], ascending=[False, True])
         right, wrong = rows[rows.predicted == label], rows[rows.predicted != label]
         for outcome, row in [("right", r) for r in right.head(1).itertuples()] + \
                             [("wrong", r) for r in wrong.head(per_class - min(1, len(right))).itertuples()]:
-            png = out_dir / f"{label}_{outcome}_{Path(row.path).stem}.png"
+            png = out_dir / f"{label}_{outcome}_{len(examples):02d}_{Path(row.path).stem}.png"  # stems repeat
             cam = gradcam(model, model_input(raw / row.path, size), classes.index(row.predicted))
             overlay(raw / row.path, cam, png)
             examples.append({"path": row.path, "label": label, "predicted": row.predicted,

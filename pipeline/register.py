@@ -257,10 +257,9 @@ def log_decision(client, parent: str, report: dict, files: list[Path]) -> None:
             "decision_reason": report["reason"][:5000], "decision_rule": report["rule"]}
     for key, value in tags.items():
         client.set_tag(parent, key, value)
-    for key in ("difference", "one_sided_lower"):
+    for key in ("difference", "one_sided_lower"):  # NaN when nothing was compared: no stale number stays
         value = (report["comparison"] or {}).get(key)
-        if value is not None:
-            client.log_metric(parent, f"decision.{key}", float(value))
+        client.log_metric(parent, f"decision.{key}", float("nan") if value is None else float(value))
     for f in files:
         client.log_artifact(parent, str(f), artifact_path="decision")
 

@@ -134,7 +134,7 @@ def render(reports: Path, manifest: Path, conflicts: Path, card: Path) -> str:
          f"<p>{split.get('kept_from_ledger', 0)} images kept their earlier split, {split.get('newly_assigned', 0)} "
          f"newly assigned, {split.get('moved', 0)} moved; left test: {len(split.get('left_test', []))}, "
          f"left val: {len(split.get('left_val', []))}.</p>" + table(per_split)),
-        ("card", "Model card", f'<div class="card">{markdown.markdown(card.read_text(), extensions=["tables"])}</div>'
+        ("card", "Model card", f'<div class="card">{markdown.markdown(card.read_text().replace("<", "&lt;"), extensions=["tables"])}</div>'
                                 if card.is_file() else "none"),
     ]
     nav = "".join(f'<a href="#{key}">{escape(title.split(" (")[0])}</a>' for key, title, _ in sections)

@@ -21,6 +21,8 @@ SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# scratch copies of the project validate too: they use this checkout's Data Docs assets (make install)
+os.environ.setdefault("DATADOCS_ASSETS", str(ROOT / ".vendor" / "datadocs"))
 
 
 def shrink_params(tmp_path: Path, **overrides) -> Path:

@@ -9,6 +9,7 @@ test-artifacts/browser/ (or $TEST_ARTIFACTS).
 """
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -56,7 +57,7 @@ def browser():
 
     with sync_playwright() as p:
         # no browser download: the system's chromium; host names resolve nowhere (file pages: no network)
-        yield p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
 
 
 def open_page(browser, url: str, offline: bool = False):
@@ -101,7 +102,8 @@ def test_mlflow_ui_lists_architecture_runs_under_the_pipeline_run(run, browser):
         page.get_by_text(f"Model card: {MODEL} version {version}").first.wait_for(timeout=60_000)
         page.get_by_text(f"MobileNetV2 data {v}").first.wait_for(timeout=60_000)  # "Source Run": the link to its run
         text = page.inner_text("body")
-        assert "Research use only" in text and "champion" in text
+        assert "Research use only" in text
+        assert re.search(r"Aliases\s*:\s*@\s*" + run["registry"]["alias"], text), text[:1500]  # the alias chip
         shoot(page, "mlflow_champion_version")
 
 
