@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # Keras looks for ImageNet weights in $KERAS_HOME/models; the demo seeds it from ../shared/weights.
 export KERAS_HOME ?= $(CURDIR)/.keras
 
-.PHONY: install demo test bench clean-demo
+.PHONY: install demo test bench clean-demo stack stack-down
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -31,7 +31,16 @@ demo: install
 	$(BIN)/dvc add -q data/raw
 	$(BIN)/dvc repro
 	$(BIN)/dvc push -q
-	@echo; echo "Done. Reports in reports/; runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo; echo "Done. Reports in reports/; runs: $$(sed -n 's/^MLFLOW_TRACKING_URI=//p' .stack/env 2>/dev/null || true)"
+	@test -f .stack/env || echo ".venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+
+# PostgreSQL, S3 (SeaweedFS), MLflow and Prefect servers on loopback, data under .stack/ (docker/stack.py).
+# They write .stack/env, which the stages, flows and predict read: `make demo` then runs against them.
+stack: install
+	$(BIN)/python docker/stack.py up
+
+stack-down:
+	$(BIN)/python docker/stack.py down
 
 test: install
 	$(BIN)/python -m pytest

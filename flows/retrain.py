@@ -272,7 +272,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workspace", default=".")
     args = parser.parse_args(argv)
-    print(json.dumps(retrain(args.workspace), indent=2))
+    from flows.stack import stack_settings
+
+    with stack_settings(Path(args.workspace)):  # runs show in the stack's Prefect server when one is up
+        print(json.dumps(retrain(args.workspace), indent=2))
 
 
 if __name__ == "__main__":

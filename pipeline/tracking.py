@@ -11,11 +11,20 @@ import yaml
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
+def stack_env(root: Path = Path(".")) -> dict[str, str]:
+    """What `make stack` wrote for its clients ($STACK_DIR/env, default .stack/env); empty when no stack is up."""
+    path = Path(os.environ.get("STACK_DIR") or root / ".stack") / "env"
+    if not path.is_file():
+        return {}
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")
+
+
 def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI when set, else the SQLite default; pointed at by every stage that logs."""
+    """MLFLOW_TRACKING_URI when set, else the running stack's server, else the SQLite default;
+    pointed at by every stage that logs."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or stack_env().get("MLFLOW_TRACKING_URI", DEFAULT_URI)
     mlflow.set_tracking_uri(uri)
     return uri
 

@@ -17,6 +17,8 @@ SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# never a developer's running stack (.stack/env): the stack tests start their own and set STACK_DIR
+os.environ["STACK_DIR"] = str(ROOT / ".stack" / "not-for-tests")
 
 
 def shrink_params(tmp_path: Path, **overrides) -> Path:
