@@ -134,7 +134,7 @@ def pid_of(d: Path, name: str) -> int | None:
         return None
 
 
-def start_daemon(d: Path, name: str, cmd: list[str], env: dict) -> bool:
+def start_daemon(d: Path, name: str, cmd: list[str], env: dict, cwd: Path | None = None) -> bool:
     """Start a server in its own session (so its children are stopped with it); False when already running."""
     if pid_of(d, name):
         return False
@@ -142,7 +142,7 @@ def start_daemon(d: Path, name: str, cmd: list[str], env: dict) -> bool:
     (d / "log").mkdir(exist_ok=True)
     with open(d / "log" / f"{name}.log", "ab") as log:
         proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=d)
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd or d)
     (d / "run" / f"{name}.pid").write_text(str(proc.pid))
     return True
 
@@ -227,9 +227,48 @@ def start_prefect(s: dict, d: Path, sec: dict) -> None:
     if subprocess.run([str(BIN / "prefect"), "work-pool", "inspect", pool], env=env, capture_output=True).returncode:
         subprocess.run([str(BIN / "prefect"), "work-pool", "create", pool, "--type", "process"], env=env,
                        capture_output=True, check=True)
+    crash_silent_runs(s)
     for i in range(int(s["STACK_WORKERS"])):
-        start_daemon(d, f"worker-{i}", [str(BIN / "prefect"), "worker", "start", "--pool", pool,
-                                        "--name", f"{os.uname().nodename}-{i}"], {**prefect_env(s, d)})
+        start_worker(s, d, sec, f"worker-{i}")
+
+
+def client_values(s: dict) -> dict:
+    """What every client needs to find the stack: the contents of $STACK_DIR/env."""
+    return {"MLFLOW_TRACKING_URI": f"http://{HOST}:{s['STACK_MLFLOW_PORT']}",
+            "PREFECT_API_URL": f"http://{HOST}:{s['STACK_PREFECT_PORT']}/api",
+            "STACK_DVC_REMOTE": f"s3://{s['STACK_DVC_BUCKET']}/", "STACK_S3_ENDPOINT": f"http://{HOST}:{s['STACK_S3_PORT']}",
+            "STACK_WORK_POOL": s["STACK_WORK_POOL"]}
+
+
+def start_worker(s: dict, d: Path, sec: dict, name: str) -> None:
+    """A Prefect worker taking one flow run at a time; each run clones the code into its own folder.
+    It holds the S3 keys (for `dvc pull/push`); heartbeats let the server notice when it dies."""
+    folder, label = d / "workers" / name, f"{os.uname().nodename}-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**prefect_env(s, d), **client_values(s), "WORKER_NAME": label, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+           "TF_CPP_MIN_LOG_LEVEL": "2", **{k: sec[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}
+    cmd = [str(BIN / "prefect"), "worker", "start", "--pool", s["STACK_WORK_POOL"], "--name", label, "--limit", "1"]
+    if start_daemon(d, name, cmd, env, cwd=folder):
+        print(f"worker {name} started (folder {folder})")
+
+
+def crash_silent_runs(s: dict) -> None:
+    """A Prefect automation: a flow run whose heartbeats stop for 90 s (its worker died) is marked Crashed."""
+    import httpx
+
+    api = f"http://{HOST}:{s['STACK_PREFECT_PORT']}/api"
+    name = "crash flow runs whose worker died"
+    if any(a["name"] == name for a in httpx.post(f"{api}/automations/filter", json={}).json()):
+        return
+    ends = [f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")]
+    automation = {"name": name, "enabled": True,
+                  "trigger": {"type": "event", "posture": "Proactive", "after": ["prefect.flow-run.heartbeat"],
+                              "expect": ["prefect.flow-run.heartbeat", *ends],
+                              "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
+                              "for_each": ["prefect.resource.id"], "threshold": 1, "within": 90},
+                  "actions": [{"type": "change-flow-run-state", "state": "CRASHED",
+                               "message": "no heartbeat for 90 s: the worker running it died"}]}
+    httpx.post(f"{api}/automations/", json=automation).raise_for_status()
 
 
 def configure_dvc(s: dict, sec: dict, root: Path) -> None:
@@ -247,13 +286,9 @@ def configure_dvc(s: dict, sec: dict, root: Path) -> None:
 
 
 def write_env(s: dict, d: Path) -> Path:
-    values = {"MLFLOW_TRACKING_URI": f"http://{HOST}:{s['STACK_MLFLOW_PORT']}",
-              "PREFECT_API_URL": f"http://{HOST}:{s['STACK_PREFECT_PORT']}/api",
-              "STACK_DVC_REMOTE": f"s3://{s['STACK_DVC_BUCKET']}/",
-              "STACK_S3_ENDPOINT": f"http://{HOST}:{s['STACK_S3_PORT']}"}
     path = d / "env"
     path.write_text("# written by `make stack` (docker/stack.py); removed by `make stack-down`\n"
-                    + "".join(f"{k}={v}\n" for k, v in values.items()))
+                    + "".join(f"{k}={v}\n" for k, v in client_values(s).items()))
     return path
 
 
@@ -324,7 +359,8 @@ def down(root: Path) -> None:
 def status() -> None:
     s = settings()
     d = Path(s["STACK_DIR"])
-    for name in DAEMONS:
+    workers = sorted(p.stem for p in (d / "run").glob("worker-*.pid")) if (d / "run").is_dir() else []
+    for name in (*DAEMONS, *workers):
         print(f"{name:8} {'running, pid ' + str(pid_of(d, name)) if pid_of(d, name) else 'stopped'}")
     pg = d / "postgres"
     print(f"{'postgres':8} {'running' if (pg / 'PG_VERSION').exists() and pg_running(pg) else 'stopped'}")

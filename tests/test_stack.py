@@ -49,7 +49,7 @@ def sh(cwd: Path, *cmd: str, env: dict | None = None, timeout: int = 900) -> str
     return done.stdout + done.stderr
 
 
-def make_workspace(root: Path, tmp: Path) -> Path:
+def make_workspace(root: Path, tmp: Path, params: dict = TINY) -> Path:
     """A scratch copy of the project (git + DVC), tiny params, demo images."""
     root.mkdir()
     for name in ("pipeline", "flows"):
@@ -57,7 +57,7 @@ def make_workspace(root: Path, tmp: Path) -> Path:
     for name in ("dvc.yaml", ".gitignore", "data/labels/corrections.csv"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, root / name)
-    shutil.copy(shrink_params(tmp, **TINY), root / "params.yaml")
+    shutil.copy(shrink_params(tmp, **params), root / "params.yaml")
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
                 ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         sh(root, *cmd)
@@ -68,9 +68,9 @@ def make_workspace(root: Path, tmp: Path) -> Path:
 class Stack:
     """One stack: its folder, ports and environment; `up`/`down` run docker/stack.py as `make stack` does."""
 
-    def __init__(self, folder: Path, project: Path):
+    def __init__(self, folder: Path, project: Path, **settings: str):
         self.dir, self.project = folder, project
-        self.env = {"STACK_DIR": str(folder), "STACK_POSTGRES_PORT": str(free_port()), "STACK_S3_PORT": str(s3_port()),
+        self.env = {**settings, "STACK_DIR": str(folder), "STACK_POSTGRES_PORT": str(free_port()), "STACK_S3_PORT": str(s3_port()),
                     "STACK_MLFLOW_PORT": str(free_port()), "STACK_PREFECT_PORT": str(free_port()),
                     "STACK_MLFLOW_WORKERS": "1"}
 
@@ -97,11 +97,16 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
+    yield from started_stack(tmp_path_factory, TINY)
+
+
+def started_stack(tmp_path_factory, params: dict, **settings: str):
+    """A stack in a fresh folder pointed at a fresh workspace; stopped at the end, every process checked gone."""
     # PostgreSQL runs as the postgres user when we are root: its folder's parents must be searchable
     folder = Path(tempfile.mkdtemp(prefix="stack-"))
     folder.chmod(0o755)
-    project = make_workspace(tmp_path_factory.mktemp("stack-ws") / "ws", tmp_path_factory.mktemp("params"))
-    running = Stack(folder / "s", project)
+    project = make_workspace(tmp_path_factory.mktemp("stack-ws") / "ws", tmp_path_factory.mktemp("params"), params)
+    running = Stack(folder / "s", project, **settings)
     start = time.time()
     running.run("up")
     running.first_start = time.time() - start
