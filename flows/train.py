@@ -123,9 +123,22 @@ def train_remotely(deployment: str, stage: str, parameters: dict, timeout: float
                       f"({run.state.message}); nothing after training ran, so @champion did not move")
 
 
+def open_parent_run(root: Path, run_id: str, commit: str) -> None:
+    """The pipeline's MLflow parent run, made before the workers start (they would race to make it)."""
+    from pipeline import tracking
+    from pipeline.params import load_section
+
+    tracking.tracking_uri(root)
+    experiment = tracking.setup(load_section("train", root / "params.yaml").experiment)
+    tracking.parent_run(experiment, run_id, {"data_version": tracking.data_version(root / "data" / "raw.dvc"),
+                                             "git_commit": commit})
+
+
 def train_on_workers(root: Path, stages: list[str], run_id: str, timeout: float, retries: int) -> list[str]:
     """All architectures at once, each on whichever worker takes it; returns the flow runs' names."""
-    deployment = deploy(root, code_commit(root, timeout), timeout)
+    commit = code_commit(root, timeout)
+    open_parent_run(root, run_id, commit)
+    deployment = deploy(root, commit, timeout)
     parameters = {"run_id": run_id, "lock": (root / "dvc.lock").read_text(), "timeout": timeout,
                   "data_version_file": (root / "data" / "raw.dvc").read_text()}
     futures = [train_remotely.with_options(name=f"{stage} on a worker").submit(

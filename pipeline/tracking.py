@@ -19,12 +19,12 @@ def stack_env(root: Path = Path(".")) -> dict[str, str]:
     return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")
 
 
-def tracking_uri() -> str:
+def tracking_uri(root: Path = Path(".")) -> str:
     """MLFLOW_TRACKING_URI when set, else the running stack's server, else the SQLite default;
     pointed at by every stage that logs."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or stack_env().get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or stack_env(root).get("MLFLOW_TRACKING_URI", DEFAULT_URI)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -40,8 +40,14 @@ def setup(experiment: str) -> str:
     local = mlflow.get_tracking_uri().startswith("sqlite:")
     location = (Path("mlruns") / experiment).resolve().as_uri() if local else None
     # the kind makes the MLflow 3 UI open the experiment on its training runs, not on GenAI traces
-    return mlflow.create_experiment(experiment, artifact_location=location,
-                                    tags={"mlflow.experimentKind": "custom_model_development"})
+    try:
+        return mlflow.create_experiment(experiment, artifact_location=location,
+                                        tags={"mlflow.experimentKind": "custom_model_development"})
+    except mlflow.exceptions.MlflowException:  # made meanwhile by a stage on another worker
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def git_commit() -> str:

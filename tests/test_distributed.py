@@ -34,8 +34,12 @@ def stack(tmp_path_factory):
         pytest.skip(f"shared ImageNet weights not found at {source}")
     home = tmp_path_factory.mktemp("keras")
     shutil.copytree(source, home, dirs_exist_ok=True)
-    os.environ["KERAS_HOME"] = str(home)
-    yield from started_stack(tmp_path_factory, DISTRIBUTED, STACK_WORKERS="2")
+    before = os.environ.get("KERAS_HOME")
+    os.environ["KERAS_HOME"] = str(home)  # for the whole module: the workers inherit it from the stack
+    try:
+        yield from started_stack(tmp_path_factory, DISTRIBUTED, STACK_WORKERS="2")
+    finally:
+        os.environ.pop("KERAS_HOME") if before is None else os.environ.update(KERAS_HOME=before)
 
 
 def retrain(stack) -> subprocess.Popen:
@@ -54,6 +58,15 @@ def train_runs(stack) -> list[dict]:
     runs = httpx.post(f"{api}/flow_runs/filter", json={"sort": "START_TIME_ASC"}).json()
     flows = {f["id"]: f["name"] for f in httpx.post(f"{api}/flows/filter", json={}).json()}
     return [r for r in runs if flows[r["flow_id"]] == "train"]
+
+
+def cmdline(process) -> str:
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # gone, or a zombie between listing and reading
+        return ""
 
 
 def champion(stack) -> str | None:
@@ -111,7 +124,7 @@ def test_a_worker_killed_mid_training_fails_the_flow_and_champion_stays(stack):
     while victim is None and time.time() < deadline and proc.poll() is None:
         for pid_file in (stack.dir / "run").glob("worker-*.pid"):
             tree = psutil.Process(int(pid_file.read_text())).children(recursive=True)
-            if any("pipeline.train" in " ".join(p.cmdline()) for p in tree if p.is_running()):
+            if any("pipeline.train" in cmdline(p) for p in tree):
                 victim = pid_file
                 break
         time.sleep(0.5)

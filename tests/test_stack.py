@@ -90,8 +90,11 @@ class Stack:
         leaders.append(int((self.dir / "postgres" / "postmaster.pid").read_text().split()[0]))
         found = []
         for pid in leaders:
-            leader = psutil.Process(pid)
-            found += [leader, *leader.children(recursive=True)]
+            try:
+                leader = psutil.Process(pid)
+                found += [leader, *leader.children(recursive=True)]
+            except psutil.NoSuchProcess:  # e.g. a worker a test killed
+                pass
         return found
 
 
