@@ -8,7 +8,7 @@ Settings: docker/stack.env (shared with docker-compose.yml), each overridable by
 variable of the same name. Every byte of data lives under STACK_DIR (default .stack/): the
 PostgreSQL cluster, the object store, logs, process ids and the generated secrets. Clients read
 $STACK_DIR/env (MLFLOW_TRACKING_URI, PREFECT_API_URL, the DVC remote); the DVC remote's keys go
-to .dvc/config.local, never committed. All services listen on 127.0.0.1 only.
+to .dvc/config.local, never committed. All services listen on STACK_HOST (default 127.0.0.1) only.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
-HOST = "127.0.0.1"
 DAEMONS = ("s3", "mlflow", "prefect")  # started in their own session: stopping the group stops their children
 
 
@@ -91,7 +90,7 @@ def start_postgres(s: dict, d: Path, sec: dict) -> None:
         finally:
             pwfile.unlink()
     if not pg_running(data):
-        options = f"-h {HOST} -p {s['STACK_POSTGRES_PORT']} -c unix_socket_directories=''"
+        options = f"-h {s['STACK_HOST']} -p {s['STACK_POSTGRES_PORT']} -c unix_socket_directories=''"
         as_postgres([pg_tool("pg_ctl"), "start", "-w", "-t", "60", "-D", str(data), "-l", str(data / "server.log"),
                      "-o", options])
     create_databases(s, sec)
@@ -105,7 +104,8 @@ def pg_running(data: Path) -> bool:
 
 
 def postgres_url(s: dict, sec: dict, db: str, driver: str = "postgresql") -> str:
-    return f"{driver}://{s['STACK_POSTGRES_USER']}:{sec['POSTGRES_PASSWORD']}@{HOST}:{s['STACK_POSTGRES_PORT']}/{db}"
+    user, host = f"{s['STACK_POSTGRES_USER']}:{sec['POSTGRES_PASSWORD']}", f"{s['STACK_HOST']}:{s['STACK_POSTGRES_PORT']}"
+    return f"{driver}://{user}@{host}/{db}"
 
 
 def create_databases(s: dict, sec: dict) -> None:
@@ -167,20 +167,21 @@ def wait_for(url: str, seconds: int, name: str, d: Path) -> None:
 def start_s3(s: dict, d: Path, sec: dict) -> None:
     port = int(s["STACK_S3_PORT"])
     (d / "s3").mkdir(exist_ok=True)
-    cmd = [str(BIN / "weed"), "mini", f"-dir={d / 's3'}", f"-ip={HOST}", f"-ip.bind={HOST}", f"-s3.port={port}",
+    host = s["STACK_HOST"]
+    cmd = [str(BIN / "weed"), "mini", f"-dir={d / 's3'}", f"-ip={host}", f"-ip.bind={host}", f"-s3.port={port}",
            f"-master.port={port + 1}", f"-volume.port={port + 2}", f"-filer.port={port + 3}",
            f"-admin.port={port + 4}", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
            "-master.telemetry=false", f"-bucket={s['STACK_MLFLOW_BUCKET']},{s['STACK_DVC_BUCKET']}"]
     keys = {k: sec[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     start_daemon(d, "s3", cmd, keys)
-    wait_for(f"http://{HOST}:{port}/", 120, "s3", d)
+    wait_for(f"http://{host}:{port}/", 120, "s3", d)
     wait_for_buckets(s, sec, d)
 
 
 def s3_client(s: dict, sec: dict):
     import boto3
 
-    return boto3.client("s3", endpoint_url=f"http://{HOST}:{s['STACK_S3_PORT']}", region_name="us-east-1",
+    return boto3.client("s3", endpoint_url=f"http://{s['STACK_HOST']}:{s['STACK_S3_PORT']}", region_name="us-east-1",
                         aws_access_key_id=sec["AWS_ACCESS_KEY_ID"], aws_secret_access_key=sec["AWS_SECRET_ACCESS_KEY"])
 
 
@@ -200,28 +201,31 @@ def wait_for_buckets(s: dict, sec: dict, d: Path, seconds: int = 60) -> None:
 
 def start_mlflow(s: dict, d: Path, sec: dict) -> None:
     port = s["STACK_MLFLOW_PORT"]
-    cmd = [str(BIN / "mlflow"), "server", "--host", HOST, "--port", port,
+    cmd = [str(BIN / "mlflow"), "server", "--host", s["STACK_HOST"], "--port", port,
            "--workers", s["STACK_MLFLOW_WORKERS"],
            "--backend-store-uri", postgres_url(s, sec, s["STACK_MLFLOW_DB"], "postgresql+psycopg2"),
            "--artifacts-destination", f"s3://{s['STACK_MLFLOW_BUCKET']}", "--serve-artifacts"]
     # job execution (huey consumers) serves GenAI features this project does not use
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{s['STACK_S3_PORT']}", "PATH": f"{BIN}:{os.environ['PATH']}",
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PATH": f"{BIN}:{os.environ['PATH']}",
+           "MLFLOW_S3_ENDPOINT_URL": f"http://{s['STACK_HOST']}:{s['STACK_S3_PORT']}",
            **{k: sec[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}
     start_daemon(d, "mlflow", cmd, env)
-    wait_for(f"http://{HOST}:{port}/health", 240, "mlflow", d)
+    wait_for(f"http://{s['STACK_HOST']}:{port}/health", 240, "mlflow", d)
 
 
 def prefect_env(s: dict, d: Path) -> dict:
-    return {"PREFECT_API_URL": f"http://{HOST}:{s['STACK_PREFECT_PORT']}/api", "PREFECT_HOME": str(d / "prefect"),
+    return {"PREFECT_API_URL": f"http://{s['STACK_HOST']}:{s['STACK_PREFECT_PORT']}/api",
+            "PREFECT_HOME": str(d / "prefect"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
 
 
 def start_prefect(s: dict, d: Path, sec: dict) -> None:
     port = s["STACK_PREFECT_PORT"]
-    env = {**prefect_env(s, d), "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": port,
+    env = {**prefect_env(s, d), "PREFECT_SERVER_API_HOST": s["STACK_HOST"], "PREFECT_SERVER_API_PORT": port,
            "PREFECT_API_DATABASE_CONNECTION_URL": postgres_url(s, sec, s["STACK_PREFECT_DB"], "postgresql+asyncpg")}
-    start_daemon(d, "prefect", [str(BIN / "prefect"), "server", "start", "--host", HOST, "--port", port], env)
-    wait_for(f"http://{HOST}:{port}/api/health", 240, "prefect", d)
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", s["STACK_HOST"], "--port", port]
+    start_daemon(d, "prefect", cmd, env)
+    wait_for(f"http://{s['STACK_HOST']}:{port}/api/health", 240, "prefect", d)
     pool = s["STACK_WORK_POOL"]
     env = {**os.environ, **prefect_env(s, d)}
     if subprocess.run([str(BIN / "prefect"), "work-pool", "inspect", pool], env=env, capture_output=True).returncode:
@@ -234,9 +238,10 @@ def start_prefect(s: dict, d: Path, sec: dict) -> None:
 
 def client_values(s: dict) -> dict:
     """What every client needs to find the stack: the contents of $STACK_DIR/env."""
-    return {"MLFLOW_TRACKING_URI": f"http://{HOST}:{s['STACK_MLFLOW_PORT']}",
-            "PREFECT_API_URL": f"http://{HOST}:{s['STACK_PREFECT_PORT']}/api",
-            "STACK_DVC_REMOTE": f"s3://{s['STACK_DVC_BUCKET']}/", "STACK_S3_ENDPOINT": f"http://{HOST}:{s['STACK_S3_PORT']}",
+    return {"MLFLOW_TRACKING_URI": f"http://{s['STACK_HOST']}:{s['STACK_MLFLOW_PORT']}",
+            "PREFECT_API_URL": f"http://{s['STACK_HOST']}:{s['STACK_PREFECT_PORT']}/api",
+            "STACK_DVC_REMOTE": f"s3://{s['STACK_DVC_BUCKET']}/",
+            "STACK_S3_ENDPOINT": f"http://{s['STACK_HOST']}:{s['STACK_S3_PORT']}",
             "STACK_WORK_POOL": s["STACK_WORK_POOL"]}
 
 
@@ -256,7 +261,7 @@ def crash_silent_runs(s: dict) -> None:
     """A Prefect automation: a flow run whose heartbeats stop for 90 s (its worker died) is marked Crashed."""
     import httpx
 
-    api = f"http://{HOST}:{s['STACK_PREFECT_PORT']}/api"
+    api = f"http://{s['STACK_HOST']}:{s['STACK_PREFECT_PORT']}/api"
     name = "crash flow runs whose worker died"
     if any(a["name"] == name for a in httpx.post(f"{api}/automations/filter", json={}).json()):
         return
@@ -277,7 +282,7 @@ def configure_dvc(s: dict, sec: dict, root: Path) -> None:
         return
     dvc = [str(BIN / "dvc"), "remote"]
     steps = [["add", "--local", "-f", "stack", f"s3://{s['STACK_DVC_BUCKET']}/"],
-             ["modify", "--local", "stack", "endpointurl", f"http://{HOST}:{s['STACK_S3_PORT']}"],
+             ["modify", "--local", "stack", "endpointurl", f"http://{s['STACK_HOST']}:{s['STACK_S3_PORT']}"],
              ["modify", "--local", "stack", "access_key_id", sec["AWS_ACCESS_KEY_ID"]],
              ["modify", "--local", "stack", "secret_access_key", sec["AWS_SECRET_ACCESS_KEY"]],
              ["default", "--local", "stack"]]

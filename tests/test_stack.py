@@ -116,8 +116,10 @@ def started_stack(tmp_path_factory, params: dict, **settings: str):
     try:
         yield running
     finally:
-        left = running.processes() if (running.dir / "env").exists() else []
-        running.run("down")
+        try:
+            left = running.processes() if (running.dir / "env").exists() else []
+        finally:
+            running.run("down")
         assert_gone(left)
         shutil.rmtree(folder, ignore_errors=True)
 
