@@ -17,7 +17,7 @@ export KERAS_HOME ?= $(CURDIR)/.keras
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT  := $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends
 
-.PHONY: install demo test bench clean-demo browser
+.PHONY: install demo test test-deps bench clean-demo stack stack-down
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -41,13 +41,24 @@ demo: install
 	$(BIN)/dvc add -q data/raw
 	$(BIN)/dvc repro
 	$(BIN)/dvc push -q
-	@echo; echo "Done. Open reports/index.html; runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db, then http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
+	@echo; echo "Done. Open reports/index.html. Runs: $$(sed -n 's/^MLFLOW_TRACKING_URI=//p' .stack/env 2>/dev/null || true)"
+	@test -f .stack/env || echo ".venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db, then http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
 
-# the real-browser tests use Debian's chromium (headless, no download at run time)
-browser:
+# PostgreSQL, S3 (SeaweedFS), MLflow and Prefect servers on loopback, data under .stack/ (docker/stack.py).
+# They write .stack/env, which the stages, flows and predict read: `make demo` then runs against them.
+stack: install
+	$(BIN)/python docker/stack.py up
+
+stack-down:
+	$(BIN)/python docker/stack.py down
+
+# system packages the tests need: Debian's chromium for the real-browser tests (headless, no
+# download at run time) and Debian's PostgreSQL for the stack tests
+test-deps:
 	@command -v chromium >/dev/null || { $(APT) chromium >/dev/null; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(APT) postgresql >/dev/null; }
 
-test: install browser
+test: install test-deps
 	$(BIN)/python -m pytest
 
 bench: install

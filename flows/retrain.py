@@ -173,13 +173,17 @@ def push(root: Path, timeout: float) -> None:
 
 
 @task(cache_policy=NO_CACHE)
-def run_stage(root: Path, stage: str, run_id: str, timeout: float, force: bool = False) -> None:
-    """One DVC stage; DVC skips it when its dependencies did not change."""
-    args = ["repro", "--single-item", *(["--force"] if force else []), stage]
+def run_stage(root: Path, stage: str, run_id: str, timeout: float, force: bool = False, restore: bool = False) -> None:
+    """One DVC stage; DVC skips it when its dependencies did not change. `restore`: the stage ran on a
+    worker, so its outputs come from the remote's run-cache and running it here is an error."""
+    args = ["repro", "--single-item", *(["--force"] if force else []), *(["--pull"] if restore else []), stage]
     done = dvc(root, *args, timeout=timeout, env={"PIPELINE_RUN_ID": run_id})
     logger = get_run_logger()
     for line in summary_lines(done.stdout + done.stderr, stage) or [f"{stage}: done (no summary printed)"]:
         logger.info(line)
+    if restore and f"Running stage '{stage}'" in done.stdout + done.stderr:
+        raise StageFailed(f"{stage} trained again here instead of restoring the worker's result from the run-cache "
+                          "(did the worker run different code or inputs?)")
 
 
 @task(cache_policy=NO_CACHE)
@@ -217,11 +221,19 @@ def finish(root: Path, version: str, params: Flow, left: list[str], remote: dict
 
 
 def train_all(root: Path, params: Flow, run_id: str, force_validate: bool, remote: dict) -> None:
-    timeout = params.stage_timeout_seconds
-    for stage in stage_order(root):
+    timeout, stages = params.stage_timeout_seconds, stage_order(root)
+    if params.train_on not in ("local", "workers"):
+        raise StageFailed(f"flow.train_on must be local or workers, not {params.train_on!r}")
+    trains = [s for s in stages if s.startswith("train@")] if params.train_on == "workers" else []
+    for stage in stages:
+        if trains and stage == trains[0]:  # upstream done: every architecture at once on the workers
+            from flows.train import train_on_workers
+
+            push.with_options(**remote)(root, params.command_timeout_seconds)
+            train_on_workers(root, trains, run_id, timeout, params.train_retries)
         options = remote if stage in REMOTE_STAGES else {"retries": 0}
         run_stage.with_options(name=stage, timeout_seconds=timeout + 60, **options)(
-            root, stage, run_id, timeout, force_validate and stage == "validate")
+            root, stage, run_id, timeout, force_validate and stage == "validate", stage in trains)
 
 
 @flow(name="retrain", log_prints=True)
@@ -289,7 +301,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workspace", default=".")
     args = parser.parse_args(argv)
-    print(json.dumps(retrain(args.workspace), indent=2))
+    from flows.stack import stack_settings
+
+    with stack_settings(Path(args.workspace)):  # runs show in the stack's Prefect server when one is up
+        print(json.dumps(retrain(args.workspace), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
 """Register the retrain deployments with a Prefect server and run them when they are due.
 
-    prefect server start                       # in another terminal (or docker/)
-    export PREFECT_API_URL=http://127.0.0.1:4200/api
-    python -m flows.serve [--workspace DIR]
+    make stack                                 # or: prefect server start; export PREFECT_API_URL=...
+    python -m flows.serve [--workspace DIR]    # finds the stack's server in .stack/env
 
 Two deployments of the same flow: `nightly` (cron `flow.cron`) and `on-new-data` (every
 `flow.check_interval_seconds`; the flow waits until data/raw has been quiet for
@@ -18,6 +17,7 @@ from pathlib import Path
 from prefect import serve
 
 from flows.retrain import retrain
+from flows.stack import stack_settings
 from pipeline.params import load_section
 
 
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workspace", type=Path, default=Path("."))
     args = parser.parse_args(argv)
-    serve(*deployments(args.workspace.resolve()))
+    with stack_settings(args.workspace):
+        serve(*deployments(args.workspace.resolve()))
 
 
 if __name__ == "__main__":

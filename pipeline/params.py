@@ -138,6 +138,8 @@ class Flow:
     retry_delay_seconds: int
     command_timeout_seconds: int    # every dvc/git command of the flow
     stage_timeout_seconds: int      # every DVC stage
+    train_on: str                   # local | workers (each train@<arch> a flow run on the work pool)
+    train_retries: int              # workers: a failed or crashed train flow run is started again this often
 
 
 SECTIONS: dict[str, type] = {"base": Base, "validate": Validate, "dedup": Dedup, "split": Split,

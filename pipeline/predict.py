@@ -18,6 +18,7 @@ from PIL import Image
 
 from pipeline.images import load_rgb, model_input
 from pipeline.inference import Classifier, classify, load_classifier
+from pipeline.tracking import tracking_uri
 
 
 def gradcam(model, x: np.ndarray, class_index: int) -> np.ndarray:
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
     parser.add_argument("images", type=Path, nargs="+")
     args = parser.parse_args(argv)
+    tracking_uri()  # models:/ URIs resolve in the registry the stages use
     classifier = load_classifier(args.model)
     results = classify(classifier, args.images)
     for path, result in zip(args.images, results):

@@ -13,11 +13,20 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI when set, else the SQLite default; pointed at by every stage that logs."""
+def stack_env(root: Path = Path(".")) -> dict[str, str]:
+    """What `make stack` wrote for its clients ($STACK_DIR/env, default .stack/env); empty when no stack is up."""
+    path = Path(os.environ.get("STACK_DIR") or root / ".stack") / "env"
+    if not path.is_file():
+        return {}
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")
+
+
+def tracking_uri(root: Path = Path(".")) -> str:
+    """MLFLOW_TRACKING_URI when set, else the running stack's server, else the SQLite default;
+    pointed at by every stage that logs."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or stack_env(root).get("MLFLOW_TRACKING_URI", DEFAULT_URI)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -34,7 +43,13 @@ def setup(experiment: str) -> str:
         return found.experiment_id
     local = mlflow.get_tracking_uri().startswith("sqlite:")
     location = (Path("mlruns") / experiment).resolve().as_uri() if local else None
-    return mlflow.create_experiment(experiment, artifact_location=location, tags=dict([KIND]))
+    try:
+        return mlflow.create_experiment(experiment, artifact_location=location, tags=dict([KIND]))
+    except mlflow.exceptions.MlflowException:  # made meanwhile by a stage on another worker
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def git_commit() -> str:

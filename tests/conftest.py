@@ -23,6 +23,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 # scratch copies of the project validate too: they use this checkout's Data Docs assets (make install)
 os.environ.setdefault("DATADOCS_ASSETS", str(ROOT / ".vendor" / "datadocs"))
+# never a developer's running stack (.stack/env): the stack tests start their own and set STACK_DIR
+os.environ["STACK_DIR"] = str(ROOT / ".stack" / "not-for-tests")
 
 
 def shrink_params(tmp_path: Path, **overrides) -> Path:

@@ -1,0 +1,211 @@
+"""The production stack for real: PostgreSQL, SeaweedFS S3, MLflow and Prefect servers (docker/stack.py).
+
+Each test module starts one stack in a fresh folder on free loopback ports; it is stopped at the
+end and every process it started must be gone.
+"""
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.demo import generate
+from tests.conftest import ROOT, free_port, shrink_params
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.stack
+TINY = {"validate": {"min_images_per_class": 8}, "augment": {"target_per_class": 16},
+        "train": {"head_epochs": 1, "finetune_epochs": 0, "batch_size": 16,
+                  "architectures": {"SmallCNN": {"weights": "none", "image_size": 32}}},
+        "evaluate": {"bootstrap": 20}, "export": {"latency_repeats": 2},
+        "register": {"min_sensitivity": {"cancer": 0.0}, "bootstrap": 20}}
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def s3_port() -> int:
+    """SeaweedFS takes the S3 port, the next four, and each of those + 10000 (gRPC)."""
+    for _ in range(200):
+        port = random.randrange(20000, 30000)
+        if all(port_free(p + k) for p in (port, port + 10000) for k in range(5)):
+            return port
+    raise RuntimeError("no free block of ports for SeaweedFS")
+
+
+def sh(cwd: Path, *cmd: str, env: dict | None = None, timeout: int = 900) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                                             **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+def make_workspace(root: Path, tmp: Path, params: dict = TINY) -> Path:
+    """A scratch copy of the project (git + DVC), tiny params, demo images."""
+    root.mkdir()
+    for name in ("pipeline", "flows"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore", "data/labels/corrections.csv"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, root / name)
+    shutil.copy(shrink_params(tmp, **params), root / "params.yaml")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
+                ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        sh(root, *cmd)
+    generate(root / "data" / "raw", per_class=12, seed=5)
+    return root
+
+
+class Stack:
+    """One stack: its folder, ports and environment; `up`/`down` run docker/stack.py as `make stack` does."""
+
+    def __init__(self, folder: Path, project: Path, **settings: str):
+        self.dir, self.project = folder, project
+        self.env = {**settings, "STACK_DIR": str(folder), "STACK_POSTGRES_PORT": str(free_port()), "STACK_S3_PORT": str(s3_port()),
+                    "STACK_MLFLOW_PORT": str(free_port()), "STACK_PREFECT_PORT": str(free_port()),
+                    "STACK_MLFLOW_WORKERS": "1"}
+
+    def run(self, action: str) -> str:
+        return sh(ROOT, str(BIN / "python"), "docker/stack.py", action, "--project", str(self.project),
+                  env=self.env, timeout=600)
+
+    def values(self) -> dict[str, str]:
+        env = (self.dir / "env").read_text() + (self.dir / "secrets").read_text()
+        return dict(line.split("=", 1) for line in env.splitlines() if "=" in line and not line.startswith("#"))
+
+    def processes(self) -> list:
+        """Every process the stack runs: each server's process group and the PostgreSQL postmaster's tree."""
+        import psutil
+
+        leaders = [int(p.read_text()) for p in (self.dir / "run").glob("*.pid")]
+        leaders.append(int((self.dir / "postgres" / "postmaster.pid").read_text().split()[0]))
+        found = []
+        for pid in leaders:
+            try:
+                leader = psutil.Process(pid)
+                found += [leader, *leader.children(recursive=True)]
+            except psutil.NoSuchProcess:  # e.g. a worker a test killed
+                pass
+        return found
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    yield from started_stack(tmp_path_factory, TINY)
+
+
+def started_stack(tmp_path_factory, params: dict, **settings: str):
+    """A stack in a fresh folder pointed at a fresh workspace; stopped at the end, every process checked gone."""
+    # PostgreSQL runs as the postgres user when we are root: its folder's parents must be searchable
+    folder = Path(tempfile.mkdtemp(prefix="stack-"))
+    folder.chmod(0o755)
+    project = make_workspace(tmp_path_factory.mktemp("stack-ws") / "ws", tmp_path_factory.mktemp("params"), params)
+    running = Stack(folder / "s", project, **settings)
+    start = time.time()
+    running.run("up")
+    running.first_start = time.time() - start
+    try:
+        yield running
+    finally:
+        try:
+            left = running.processes() if (running.dir / "env").exists() else []
+        finally:
+            running.run("down")
+        assert_gone(left)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def assert_gone(processes: list, seconds: int = 30) -> None:
+    import psutil
+
+    def alive(p) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.time() + seconds
+    while time.time() < deadline and any(alive(p) for p in processes):
+        time.sleep(0.5)
+    assert not [p for p in processes if alive(p)], "processes left after stack down"
+
+
+def test_compose_file_reads_the_same_settings_as_stack_py():
+    """No second set of values: every ${VAR} in docker-compose.yml is a setting of stack.env or a secret."""
+    settings = {line.split("=")[0] for line in (ROOT / "docker" / "stack.env").read_text().splitlines()
+                if "=" in line and not line.startswith("#")}
+    used = set(re.findall(r"\$\{(\w+)", (ROOT / "docker" / "docker-compose.yml").read_text()))
+    secrets = {"POSTGRES_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert used - secrets <= settings and {"STACK_MLFLOW_PORT", "STACK_S3_PORT"} <= used
+    assert not re.search(r"\b(5000|4200|9000|8333)\b", (ROOT / "docker" / "docker-compose.yml").read_text())
+
+
+def test_stack_starts_from_nothing_stops_cleanly_and_restarts_on_its_data(stack):
+    import mlflow
+
+    values = stack.values()
+    print(f"stack start-up from nothing: {stack.first_start:.0f} s")
+    mlflow.set_tracking_uri(values["MLFLOW_TRACKING_URI"])
+    kept = mlflow.create_experiment("kept across restarts")
+    initialised = (stack.dir / "postgres" / "PG_VERSION").stat().st_mtime
+    running = stack.processes()
+    assert {"weed", "postgres"} <= {p.name() for p in running} and len(running) >= 5
+
+    stack.run("down")
+    assert_gone(running)
+    assert not (stack.dir / "env").exists()
+    assert "remote = stack" not in (stack.project / ".dvc" / "config.local").read_text()  # back to the committed one
+
+    start = time.time()
+    stack.run("up")
+    print(f"stack restart on its data: {time.time() - start:.0f} s")
+    assert (stack.dir / "postgres" / "PG_VERSION").stat().st_mtime == initialised  # no second initdb
+    assert mlflow.get_experiment(kept).name == "kept across restarts"
+    import httpx
+
+    pools = httpx.post(f"{values['PREFECT_API_URL']}/work_pools/filter", json={}).json()
+    assert [p["type"] for p in pools if p["name"] == "training"] == ["process"]
+
+
+def test_demo_pipeline_against_the_stack(stack):
+    """Unchanged commands (dvc add/repro/push, pipeline.predict) find the stack through .stack/env."""
+    import boto3
+    import psycopg2
+
+    ws, values = stack.project, stack.values()
+    env = {"STACK_DIR": str(stack.dir)}  # as `make stack` would have left .stack/env in the project
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    sh(ws, "dvc", "add", "-q", "data/raw", env=env)
+    out = sh(ws, "dvc", "repro", "register", env=env)
+    assert "Running stage 'register'" in out
+    sh(ws, "dvc", "push", "-q", env=env)
+
+    with psycopg2.connect(f"postgresql://mlops:{values['POSTGRES_PASSWORD']}@127.0.0.1:"
+                          f"{stack.env['STACK_POSTGRES_PORT']}/mlflow") as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM runs WHERE status = 'FINISHED'")
+        assert cur.fetchone()[0] >= 2  # the pipeline's parent run and the SmallCNN run
+        cur.execute("SELECT alias, version FROM registered_model_aliases WHERE name = 'oralscan-classifier'")
+        assert ("champion", 1) in cur.fetchall()
+    s3 = boto3.client("s3", endpoint_url=values["STACK_S3_ENDPOINT"], region_name="us-east-1",
+                      aws_access_key_id=values["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=values["AWS_SECRET_ACCESS_KEY"])
+    artifacts = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow").get("Contents", [])]
+    assert any(k.endswith("model.keras") for k in artifacts), artifacts[:20]
+    data = s3.list_objects_v2(Bucket="dvc", MaxKeys=1000).get("KeyCount", 0)
+    raw = sum(1 for p in (ws / "data" / "raw").rglob("*") if p.is_file())
+    assert data >= raw * 0.8  # every readable image and the stages' outputs (a few demo files are duplicates)
+    assert "Cache and remote 'stack' are in sync" in sh(ws, "dvc", "status", "--cloud", env=env)
+
+    image = next((ws / "data" / "raw" / "cancer").glob("*.png"))
+    answer = sh(ws, str(BIN / "python"), "-m", "pipeline.predict", "--model", "models:/oralscan-classifier@champion",
+                str(image), env=env)
+    assert re.search(r"\t(normal|precancer|cancer)\tnormal=", answer), answer
