@@ -2,9 +2,15 @@
 
 `inspect_image` says whether a file is usable and, if not, why in plain words;
 `load_rgb` gives the pixels the model sees: EXIF-oriented, 8-bit RGB.
+
+Formats: whatever Pillow reads (JPEG, PNG, WEBP, TIFF, BMP, ...), phone JPEGs that carry a
+second frame (MPO: the primary frame is used) and HEIC/HEIF through `pillow-heif` (libheif
+applies the HEIF rotation and resets the EXIF orientation, so it is not applied twice).
+Which of them a project accepts is `validate.formats` in params.yaml.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import warnings
@@ -21,6 +27,17 @@ class ImageInfo:
     mode: str
     width: int   # after EXIF orientation
     height: int
+
+
+# Transparent pixels are laid on white, in every stage and in serving (one background for all).
+BACKGROUND = (255, 255, 255)
+
+
+@functools.cache
+def _register_formats() -> None:
+    """Teach Pillow HEIC/HEIF once, on first use (nothing runs at import time)."""
+    import pillow_heif
+    pillow_heif.register_heif_opener()
 
 
 class UnusableImage(Exception):
@@ -40,6 +57,7 @@ def _open(source: Path | bytes, max_pixels: int) -> Image.Image:
     size = len(source) if isinstance(source, bytes) else source.stat().st_size
     if size == 0:
         raise UnusableImage("empty file (0 bytes)")
+    _register_formats()
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
@@ -68,20 +86,37 @@ def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
         oriented = ImageOps.exif_transpose(image)
     except Exception as err:  # a broken EXIF block must not hide a good image
         raise UnusableImage(f"unreadable EXIF orientation ({err})") from None
+    try:
+        if image.mode not in ("RGB", "L"):  # the common modes always convert; skip the copy
+            to_rgb(oriented)
+    except ValueError as err:  # e.g. a colour mode Pillow cannot turn into RGB
+        raise UnusableImage(f"colour mode {image.mode} cannot be shown as RGB ({err})") from None
     return ImageInfo(format=image.format or "", mode=image.mode,
                      width=oriented.width, height=oriented.height)
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Deeper-than-8-bit greyscale scaled by its bit depth, never by the image's own min..max
+    (a flat 16-bit image stays flat, a narrow range is not blown up to 0..255).
+    16-bit modes ("I;16*", and "I", which Pillow uses for 16-bit data) map 0..65535 to 0..255;
+    float ("F") is taken as 0..1. Values outside the range are clipped."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        scale = 255.0 / 65535.0
+    elif image.mode == "F":
+        scale = 255.0
+    else:
+        return image
+    array = np.asarray(image, dtype=np.float64) * scale
+    return Image.fromarray(np.clip(array.round(), 0, 255).astype(np.uint8))
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB from any mode: 16-bit and float greyscale are rescaled, alpha is flattened on white."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) / (high - low or 1.0) * 255.0
-        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    """8-bit RGB from any mode: deeper images scaled by bit depth, transparency (alpha channel,
+    palette or PNG tRNS colour on L/RGB) flattened on BACKGROUND."""
+    image = to_8bit(image)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
 
