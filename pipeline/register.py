@@ -152,7 +152,7 @@ def log_serving_model(info: dict, model_path: Path, export_dir: Path, sample: Pa
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    from pipeline.inference import ImageClassifier
+    from pipeline.inference import ImageClassifier, serving_artifacts
 
     classes = json.loads((export_dir / "metadata.json").read_text())["classes"]
     signature = ModelSignature(
@@ -163,9 +163,9 @@ def log_serving_model(info: dict, model_path: Path, export_dir: Path, sample: Pa
     with mlflow.start_run(run_id=info["run_id"]):
         logged = mlflow.pyfunc.log_model(
             name="serving", python_model=ImageClassifier(), code_paths=[str(PIPELINE_DIR)],
-            artifacts={"keras_model": str(model_path), "metadata": str(export_dir / "metadata.json")},
-            signature=signature, input_example=example,
-            pip_requirements=[f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}", "pillow", "pandas"])
+            artifacts=serving_artifacts(model_path, export_dir), signature=signature, input_example=example,
+            pip_requirements=[f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}", "pillow",
+                              "pillow-heif", "pandas", "ai-edge-litert"])
     return logged.model_uri
 
 
