@@ -127,9 +127,34 @@ def load_rgb(source: Path | bytes, max_pixels: int = 40_000_000) -> Image.Image:
     return to_rgb(ImageOps.exif_transpose(image))
 
 
+# The resize every stage and serving do, described for an app in export/metadata.json: bilinear
+# with antialiasing (a triangle filter with half-pixel centres, widened by the scale factor when
+# shrinking, so a 12 MP photo is area-averaged, not sampled), computed in float per channel,
+# then rounded. PIL's own 8-bit BILINEAR works in fixed point (off by 1 grey level from any float
+# implementation, enough to move probabilities by 0.02); in float it matches
+# `tf.image.resize(x, (s, s), method="bilinear", antialias=True)` within 0.005 grey levels, so
+# after rounding the two differ only where a value sits on a .5 tie. Plain bilinear without
+# antialiasing (Android's createScaledBitmap, OpenCV INTER_LINEAR) is far off when shrinking.
+RESIZE_CONTRACT = {
+    "method": "bilinear", "antialias": True, "half_pixel_centers": True,
+    "aspect": "whole image squashed to size x size, no crop, no padding",
+    "applied_to": "the EXIF-oriented 8-bit RGB image (transparency on white, 16-bit scaled by bit depth)",
+    "precision": "float32, each channel",
+    "rounding": "to the nearest integer 0..255 (ties to even) after resizing",
+    "reference": 'numpy.round(tf.image.resize(image, (size, size), method="bilinear", antialias=True))',
+    "max_pixel_difference": 1,  # only on .5 ties
+}
+
+
+def resize_rgb(image: Image.Image, size: int) -> np.ndarray:
+    """uint8 (size, size, 3) as RESIZE_CONTRACT says."""
+    bands = [np.asarray(band.convert("F").resize((size, size), Image.Resampling.BILINEAR)) for band in image.split()]
+    return np.clip(np.round(np.stack(bands, axis=-1)), 0, 255).astype(np.uint8)
+
+
 def model_input(source: Path | bytes, size: int) -> np.ndarray:
-    """One image as the model takes it: RGB, 0..255, squashed to size x size with bilinear resampling."""
-    return np.asarray(load_rgb(source).resize((size, size), Image.Resampling.BILINEAR))
+    """One image as the model takes it: RGB, 0..255, resized as RESIZE_CONTRACT says."""
+    return resize_rgb(load_rgb(source), size)
 
 
 def load_batch(paths: list[Path], size: int) -> np.ndarray:
