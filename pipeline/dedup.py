@@ -23,6 +23,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pipeline.console import progress, quiet
 from pipeline.hamming import near_pairs
 from pipeline.images import load_rgb
 from pipeline.params import Dedup, load_section
@@ -40,7 +41,7 @@ def compute_hash(path: Path, kind: str, size: int) -> int:
 def hash_contents(paths_by_sha: dict[str, Path], params: Dedup, cache: dict[str, str]) -> tuple[dict[str, int], int]:
     """Hash every distinct content once, reusing `cache` (updated in place). Returns hashes and how many were new."""
     prefix, fresh, hashes = f"{params.hash}:{params.hash_size}:", 0, {}
-    for sha, path in paths_by_sha.items():
+    for sha, path in progress(paths_by_sha.items(), "dedup: hashing", len(paths_by_sha)):
         key = prefix + sha
         if key not in cache:
             cache[key] = format(compute_hash(path, params.hash, params.hash_size), "x")
@@ -180,6 +181,7 @@ def run(params_path: Path, raw_dir: Path, manifest_path: Path, outputs: dict[str
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--raw", type=Path, required=True)

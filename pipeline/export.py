@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.console import quiet
 from pipeline.images import RESIZE_CONTRACT, load_batch
 from pipeline.inference import TFLiteModel
 from pipeline.params import Export, load_section
@@ -121,6 +122,7 @@ def run(params_path: Path, raw: Path, split_csv: Path, metrics_path: Path, out_d
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     for flag in ("raw", "split", "metrics", "out", "report"):

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipeline.console import progress
+
 
 @dataclass(frozen=True)
 class ImageInfo:
@@ -160,6 +162,6 @@ def model_input(source: Path | bytes, size: int) -> np.ndarray:
 def load_batch(paths: list[Path], size: int) -> np.ndarray:
     """uint8 array (n, size, size, 3): the model's input contract."""
     out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for i, path in enumerate(paths):
+    for i, path in enumerate(progress(paths, f"reading {len(paths)} images")):
         out[i] = model_input(path, size)
     return out

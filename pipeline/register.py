@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import stats
+from pipeline.console import quiet
 from pipeline.params import load_section
 
 PIPELINE_DIR = Path(__file__).resolve().parent
@@ -251,6 +252,7 @@ def run(params_path: Path, raw: Path, split_csv: Path, metrics_path: Path, expor
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     for flag in ("raw", "split", "metrics", "export", "reports", "card", "out"):
