@@ -134,3 +134,22 @@ def test_exif_rotation_is_applied(tmp_path):
     assert (info.width, info.height) == (120, 80)
     pixels = np.asarray(load_rgb(tmp_path / "a.jpg"))
     assert pixels[2, 2, 0] > 200 and pixels[2, 2, 1] < 80
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_inspected_size_is_the_oriented_size(tmp_path, orientation):
+    """validate decodes JPEGs at reduced scale and reads the orientation from EXIF: its width and
+    height must still be those of the image every stage sees."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    noise_image(5, (1600, 900)).save(tmp_path / "a.jpg", exif=exif, quality=90)
+    info = inspect_image(tmp_path / "a.jpg", LIMIT)
+    assert (info.width, info.height) == load_rgb(tmp_path / "a.jpg").size
+
+
+def test_truncated_large_jpeg_is_caught_at_reduced_scale(tmp_path):
+    noise_image(6, (3000, 2000)).save(tmp_path / "full.jpg", quality=90)
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 9 // 10])
+    with pytest.raises(UnusableImage, match="truncated or corrupt"):
+        inspect_image(tmp_path / "cut.jpg", LIMIT)
