@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,10 +55,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _open(source: Path | bytes, max_pixels: int, reduced: bool = False) -> tuple[Image.Image, tuple[int, int]]:
+def _open(source: Path | bytes, max_pixels: int, min_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
     """Open and decode a file or bytes, turning every library failure into a readable reason.
-    Returns the image and its stored size. `reduced`: a JPEG is decoded at 1/8 scale in the DCT
-    (PIL's draft mode), which still reads and checks the whole stream."""
+    Returns the image and its stored size. `min_side`: a JPEG is decoded at 1/2, 1/4 or 1/8
+    scale in the DCT (PIL's draft mode) as long as its shorter side stays >= min_side; the whole
+    stream is still read and checked."""
     size = len(source) if isinstance(source, bytes) else source.stat().st_size
     if size == 0:
         raise UnusableImage("empty file (0 bytes)")
@@ -72,8 +74,9 @@ def _open(source: Path | bytes, max_pixels: int, reduced: bool = False) -> tuple
                     f"image is {image.width}x{image.height} = {image.width * image.height:,} pixels, "
                     f"over the {max_pixels:,} limit (possible decompression bomb)")
             stored = image.size
-            if reduced and image.format in ("JPEG", "MPO"):
-                image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+            if min_side and image.format in ("JPEG", "MPO"):
+                k = min_side / min(image.size)
+                image.draft(image.mode, (max(1, math.ceil(image.width * k)), max(1, math.ceil(image.height * k))))
             image.load()
     except UnusableImage:
         raise
@@ -90,7 +93,7 @@ def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
     """Decode the whole file once (a JPEG at 1/8 scale: the whole stream is still read, so a
     truncated file is still caught, 5x faster on 12 MP); raise UnusableImage with a reason if it
     can't be used. Width and height are the stored ones, swapped when EXIF says the photo is turned."""
-    image, (width, height) = _open(path, max_pixels, reduced=True)
+    image, (width, height) = _open(path, max_pixels, min_side=1)
     try:
         oriented = ImageOps.exif_transpose(image)
         turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
@@ -131,9 +134,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_rgb(source: Path | bytes, max_pixels: int = 40_000_000) -> Image.Image:
-    """The pixels every stage and the model see: EXIF-oriented 8-bit RGB (from a file or bytes)."""
-    image, _ = _open(source, max_pixels)
+def load_rgb(source: Path | bytes, max_pixels: int = 40_000_000, min_side: int | None = None) -> Image.Image:
+    """The pixels every stage and the model see: EXIF-oriented 8-bit RGB (from a file or bytes).
+    `min_side` (hashing, thumbnails; never the model input): a large JPEG may be decoded smaller."""
+    image, _ = _open(source, max_pixels, min_side)
     return to_rgb(ImageOps.exif_transpose(image))
 
 

@@ -153,3 +153,12 @@ def test_truncated_large_jpeg_is_caught_at_reduced_scale(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 9 // 10])
     with pytest.raises(UnusableImage, match="truncated or corrupt"):
         inspect_image(tmp_path / "cut.jpg", LIMIT)
+
+
+def test_reduced_decode_keeps_the_shorter_side_at_least_min_side(tmp_path):
+    noise_image(7, (3000, 2000)).save(tmp_path / "a.jpg", quality=90)
+    noise_image(7, (3000, 2000)).save(tmp_path / "a.png")
+    small = load_rgb(tmp_path / "a.jpg", min_side=256)
+    assert small.size == (750, 500)  # 1/4 scale in the DCT: 1/8 would leave 250 < 256
+    assert load_rgb(tmp_path / "a.png", min_side=256).size == (3000, 2000)  # only JPEG has a DCT
+
