@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.dedup import compute_hash, group_contents  # noqa: E402
-from pipeline.hamming import naive_pairs, near_pairs  # noqa: E402
+from pipeline.hamming import choose_plan, naive_pairs, near_pairs  # noqa: E402
 from pipeline.images import sha256_file  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "isic-skin-9class-180px"
@@ -41,16 +41,18 @@ def timed(fn, *args):
 
 
 def bench_search(sizes, naive_limit, d):
-    print(f"\n## Near-duplicate search, d={d} (seconds)\n\n| hashes | near_pairs | all-pairs | pairs | same answer |\n|---|---|---|---|---|")
+    print(f"\n## Near-duplicate search, d={d} (seconds)\n\n"
+          "| hashes | plan (chunk bits/radius) | near_pairs | all-pairs | pairs | same answer |\n|---|---|---|---|---|---|")
     for n in sizes:
         hashes = planted_hashes(n)
+        plan = " ".join(f"{w}/{t}" for w, t in choose_plan(n, 64, d))
         fast, t_fast = timed(near_pairs, hashes, d)
         if n <= naive_limit:
             slow, t_slow = timed(naive_pairs, hashes, d, 256)
             same = np.array_equal(fast, np.unique(slow, axis=0))
-            print(f"| {n:,} | {t_fast:.2f} | {t_slow:.2f} | {len(fast):,} | {same} |")
+            print(f"| {n:,} | {plan} | {t_fast:.2f} | {t_slow:.2f} | {len(fast):,} | {same} |")
         else:
-            print(f"| {n:,} | {t_fast:.2f} | not run (O(n^2)) | {len(fast):,} | - |")
+            print(f"| {n:,} | {plan} | {t_fast:.2f} | not run (O(n^2)) | {len(fast):,} | - |")
 
 
 def bench_hashing(images: list[Path]):
@@ -99,9 +101,12 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--naive-limit", type=int, default=100_000)
     parser.add_argument("--distance", type=int, default=6)
+    parser.add_argument("--search-only", action="store_true", help="skip hashing and cleanvision")
     args = parser.parse_args()
     if args.sizes:
         bench_search(args.sizes, args.naive_limit, args.distance)
+    if args.search_only:
+        return
     if not SHARED.is_dir():
         print(f"\n{SHARED} not found: hashing and cleanvision benchmarks skipped")
         return

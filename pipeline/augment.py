@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageEnhance
 
+from pipeline.console import progress, quiet
 from pipeline.images import load_rgb
 from pipeline.params import Augment, load_section
 
@@ -75,7 +76,7 @@ def run(params_path: Path, raw_dir: Path, split_path: Path, out_dir: Path, listi
         shutil.rmtree(out_dir)
     rng = np.random.default_rng(base.seed)
     paths = []
-    for row in todo.itertuples():
+    for row in progress(todo.itertuples(), "augment", len(todo)):
         name = f"{Path(row.source_path).stem}__aug{row.variant}_{len(paths)}.png"
         target = out_dir / row.label / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +90,7 @@ def run(params_path: Path, raw_dir: Path, split_path: Path, out_dir: Path, listi
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--raw", type=Path, required=True)

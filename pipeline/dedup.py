@@ -23,6 +23,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from pipeline.console import progress, quiet
 from pipeline.hamming import near_pairs
 from pipeline.images import load_rgb
 from pipeline.params import Dedup, load_section
@@ -31,16 +32,23 @@ HASHES = {"phash": imagehash.phash, "dhash": imagehash.dhash,
           "ahash": imagehash.average_hash, "whash": imagehash.whash}
 
 
+# A hash looks at a 32x32 (phash) or smaller thumbnail, so a large JPEG is decoded in the DCT at
+# 1/2..1/8 scale with its shorter side kept >= HASH_SIDE. Not bit-exact by construction: at 256
+# one of 6 generated 12 MP photos moved 2 bits; at 512 none did (tests/test_dedup.py), and every
+# copy of a photo is hashed the same way. Part of the cache key: full-decode hashes are not mixed in.
+HASH_SIDE = 512
+
+
 def compute_hash(path: Path, kind: str, size: int) -> int:
     """The perceptual hash of the pixels the model sees, as an integer of size**2 bits."""
-    bits = HASHES[kind](load_rgb(path), hash_size=size).hash.flatten()
+    bits = HASHES[kind](load_rgb(path, min_side=HASH_SIDE), hash_size=size).hash.flatten()
     return int.from_bytes(np.packbits(bits).tobytes(), "big") >> (-len(bits) % 8)
 
 
 def hash_contents(paths_by_sha: dict[str, Path], params: Dedup, cache: dict[str, str]) -> tuple[dict[str, int], int]:
     """Hash every distinct content once, reusing `cache` (updated in place). Returns hashes and how many were new."""
-    prefix, fresh, hashes = f"{params.hash}:{params.hash_size}:", 0, {}
-    for sha, path in paths_by_sha.items():
+    prefix, fresh, hashes = f"{params.hash}:{params.hash_size}:side{HASH_SIDE}:", 0, {}
+    for sha, path in progress(paths_by_sha.items(), "dedup: hashing", len(paths_by_sha)):
         key = prefix + sha
         if key not in cache:
             cache[key] = format(compute_hash(path, params.hash, params.hash_size), "x")
@@ -180,6 +188,7 @@ def run(params_path: Path, raw_dir: Path, manifest_path: Path, outputs: dict[str
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--raw", type=Path, required=True)

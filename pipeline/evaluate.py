@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.console import quiet
 from pipeline import stats
 from pipeline.images import load_batch
 from pipeline.params import load_section
@@ -196,6 +197,7 @@ def fmt(value, digits: int = 3) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     for flag in ("raw", "split", "models", "metrics", "leaderboard", "figures", "plots"):

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.images import load_batch
+from pipeline.console import quiet
+from pipeline.images import RESIZE_CONTRACT, load_batch
 from pipeline.inference import TFLiteModel
 from pipeline.params import Export, load_section
 
@@ -78,6 +79,12 @@ def check_variants(flatbuffers: dict[str, bytes], reference, x, params: Export, 
     return report
 
 
+def input_contract(size: int) -> dict:
+    """What an app must feed the TFLite model, exactly (tests/test_images.py reproduces it with TF)."""
+    return {"shape": [1, size, size, 3], "dtype": "float32", "color_order": "RGB", "value_range": [0, 255],
+            "resize": dict(RESIZE_CONTRACT)}
+
+
 def run(params_path: Path, raw: Path, split_csv: Path, metrics_path: Path, out_dir: Path, report_path: Path) -> dict:
     import keras
     import mlflow
@@ -97,9 +104,7 @@ def run(params_path: Path, raw: Path, split_csv: Path, metrics_path: Path, out_d
     variants = check_variants(convert(model), reference, x, params, out_dir)
     (out_dir / "labels.txt").write_text("\n".join(base.classes) + "\n")
     metadata = {"architecture": best["architecture"], "classes": list(base.classes), "image_size": info["image_size"],
-                "input": {"shape": [1, info["image_size"], info["image_size"], 3], "dtype": "float32",
-                          "color_order": "RGB", "value_range": [0, 255],
-                          "resize": "bilinear, whole image squashed to a square, no crop, EXIF orientation applied"},
+                "input": input_contract(info["image_size"]),
                 "output": "softmax probabilities in the order of labels.txt",
                 "mlflow_run_id": info["run_id"], "data_version": info["data_version"], "git_commit": info["git_commit"],
                 "variants": {k: {f: v[f] for f in ("file", "bytes", "latency_ms") if f in v} for k, v in variants.items()
@@ -117,6 +122,7 @@ def run(params_path: Path, raw: Path, split_csv: Path, metrics_path: Path, out_d
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     for flag in ("raw", "split", "metrics", "out", "report"):

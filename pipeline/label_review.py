@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.console import progress, quiet
 from pipeline.images import UnusableImage, load_batch, model_input
 from pipeline.params import LabelReview, load_section
 
@@ -80,7 +81,7 @@ def load_chunk(paths: list[Path], size: int) -> tuple[np.ndarray, dict[int, str]
 def extract_features(model, paths: list[Path], size: int) -> tuple[np.ndarray, dict[int, str]]:
     """One feature row per readable image, CHUNK images at a time; unreadable ones by index, with the reason."""
     rows, unreadable = [], {}
-    for start in range(0, len(paths), CHUNK):
+    for start in progress(range(0, len(paths), CHUNK), "label_review: features"):
         pixels, bad = load_chunk(paths[start:start + CHUNK], size)
         unreadable.update({start + i: reason for i, reason in bad.items()})
         if len(pixels):
@@ -214,6 +215,7 @@ def run(params_path: Path, raw_dir: Path, split_csv: Path, outputs: dict[str, Pa
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
     from pipeline.models import WeightsUnavailable
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.console import quiet
 from pipeline.images import load_rgb, model_input
 from pipeline.inference import Classifier, classify, load_classifier
 from pipeline.tracking import tracking_uri
@@ -66,6 +67,7 @@ def format_line(path: Path, result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, a .keras file or a .tflite file")
     parser.add_argument("--gradcam", type=Path, help="folder for Grad-CAM overlays")

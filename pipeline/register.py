@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import stats
+from pipeline.console import quiet
 from pipeline.params import load_section
 
 PIPELINE_DIR = Path(__file__).resolve().parent
@@ -152,7 +153,7 @@ def log_serving_model(info: dict, model_path: Path, export_dir: Path, sample: Pa
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    from pipeline.inference import ImageClassifier
+    from pipeline.inference import ImageClassifier, serving_artifacts
 
     classes = json.loads((export_dir / "metadata.json").read_text())["classes"]
     signature = ModelSignature(
@@ -163,9 +164,9 @@ def log_serving_model(info: dict, model_path: Path, export_dir: Path, sample: Pa
     with mlflow.start_run(run_id=info["run_id"]):
         logged = mlflow.pyfunc.log_model(
             name="serving", python_model=ImageClassifier(), code_paths=[str(PIPELINE_DIR)],
-            artifacts={"keras_model": str(model_path), "metadata": str(export_dir / "metadata.json")},
-            signature=signature, input_example=example,
-            pip_requirements=[f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}", "pillow", "pandas"])
+            artifacts=serving_artifacts(model_path, export_dir), signature=signature, input_example=example,
+            pip_requirements=[f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}", "pillow",
+                              "pillow-heif", "pandas", "ai-edge-litert"])
     return logged.model_uri
 
 
@@ -265,6 +266,7 @@ def log_decision(client, parent: str, report: dict, files: list[Path]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     for flag in ("raw", "split", "metrics", "export", "reports", "card", "out"):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.console import quiet
 from pipeline.hamming import near_pairs
 from pipeline.params import Base, Split, load_section
 
@@ -189,6 +190,7 @@ def run(params_path: Path, groups_path: Path, out: Path, report: Path, ledger_pa
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--groups", type=Path, required=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.console import quiet
 from pipeline.images import load_batch
 from pipeline.models import Parts, build_model, get_arch
 from pipeline.params import Train, load_section
@@ -225,6 +226,7 @@ def run(params_path: Path, name: str, inputs: dict[str, Path], out_dir: Path, me
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
     from pipeline.models import WeightsUnavailable
 
     parser = argparse.ArgumentParser(description=__doc__)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.console import progress, quiet
 from pipeline.images import UnusableImage, inspect_image, sha256_file
 from pipeline.params import Base, Validate, load_section
 
@@ -85,7 +86,8 @@ def check_image(fmt: str, width: int, height: int, params: Validate) -> str | No
 
 
 def build_manifest(raw_dir: Path, base: Base, params: Validate, files: list[Path] | None = None) -> pd.DataFrame:
-    rows = [describe_file(raw_dir, rel, base, params) for rel in (list_files(raw_dir) if files is None else files)]
+    files = list_files(raw_dir) if files is None else files
+    rows = [describe_file(raw_dir, rel, base, params) for rel in progress(files, "validate")]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -137,6 +139,7 @@ def run(params_path: Path, raw_dir: Path, manifest_path: Path, docs_dir: Path, s
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--raw", type=Path, required=True)

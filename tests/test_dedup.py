@@ -114,3 +114,17 @@ def test_rerun_hashes_only_new_images(tmp_path, small_params):
     second = stage()
     assert (second["hashed_now"], second["hashed_from_cache"]) == (1, 15)
     assert len(json.loads(out["cache"].read_text())) == 16
+
+
+def test_hash_of_a_large_jpeg_decoded_small_equals_the_full_decode(tmp_path):
+    import imagehash
+
+    from pipeline.dedup import compute_hash
+    from pipeline.images import load_rgb
+    from tests.conftest import noise_image
+
+    for seed in range(6):
+        noise_image(seed, (4000, 3000)).save(tmp_path / f"{seed}.jpg", quality=90)
+        full = imagehash.phash(load_rgb(tmp_path / f"{seed}.jpg"), hash_size=8).hash.flatten()
+        expected = int("".join("1" if b else "0" for b in full), 2)
+        assert compute_hash(tmp_path / f"{seed}.jpg", "phash", 8) == expected, seed

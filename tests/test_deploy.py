@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import free_port, shrink_params, wait_for_http
+from tests.test_inference import strict_json
 
 CLASSES = ["normal", "precancer", "cancer"]
 COLOURS = {"normal": (200, 40, 40), "precancer": (40, 200, 40), "cancer": (40, 40, 200)}
@@ -250,6 +251,10 @@ def test_mlflow_models_serve_answers_images(project, monkeypatch):
         MlflowClient(tracking_uri=uri).get_model_version_by_alias("oralscan-classifier", "champion")
     except Exception:
         pipeline_run(root, params, "perfect")
+    import mlflow
+
+    served = Path(mlflow.artifacts.download_artifacts("models:/oralscan-classifier@champion", tracking_uri=uri))
+    assert (served / "artifacts" / "model_float32.tflite").is_file()  # serving runs the parity-checked TFLite
     port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
                                "models:/oralscan-classifier@champion", "--env-manager", "local",
@@ -265,10 +270,11 @@ def test_mlflow_models_serve_answers_images(project, monkeypatch):
         reply = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
                            json={"dataframe_split": {"columns": ["image"], "data": [[good], [broken]]}})
         assert reply.status_code == 200, reply.text
-        rows = reply.json()["predictions"]
+        rows = strict_json(reply.text)["predictions"]  # as a browser parses it: NaN would fail here
         assert rows[0]["class"] == "precancer" and rows[0]["error"] == ""
         assert rows[0]["prob_precancer"] > 0.9
         assert rows[1]["class"] == "" and "not a readable image" in rows[1]["error"]
+        assert rows[1]["prob_precancer"] is None
     finally:
         server.terminate()
         server.wait(timeout=30)

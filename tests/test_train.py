@@ -21,29 +21,60 @@ def tiny_data(size=32, n=24, seed=0):
     return {"train": (x[: n * 2 // 3], y[: n * 2 // 3]), "val": (x[n * 2 // 3:], y[n * 2 // 3:])}
 
 
+TOLERANCE = 1e-5  # cached and plain training agree to this (bit-identical here); fine-tuning moves >= 100x
+
+
+def bn_layers(base) -> list:
+    """BatchNorm layers found by name, case-insensitively (MobileNetV2 has `block_1_project_BN`
+    and `Conv_1_bn`), checked against their type so neither way misses one."""
+    import keras
+
+    by_name = [layer for layer in base.layers if "bn" in layer.name.lower().split("_")]
+    assert by_name == [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    return by_name
+
+
 @pytest.mark.parametrize("finetune_layers", [12, 0])
-def test_cached_training_matches_plain_fit(finetune_layers):
+def test_cached_training_matches_plain_fit(finetune_layers, keras_home):
+    """Real ImageNet weights (real BatchNorm statistics), dropout on, and a fine-tuning phase that
+    moves the unfrozen weights far beyond the tolerance: any difference between the cached and the
+    plain path (a BatchNorm in training mode, other dropout masks, a missed layer) shows."""
     import dataclasses
 
     import keras
 
-    params = dataclasses.replace(load_section("train", ROOT / "params.yaml"), batch_size=8, head_epochs=3,
-                                 finetune_epochs=2, finetune_layers=finetune_layers, dropout=0.0,
-                                 early_stopping_patience=10)
-    data = tiny_data()
-    models = [build_model("MobileNetV2", 3, "none", size=32, alpha=0.35, seed=1) for _ in range(2)]
+    from pipeline.models import REGISTRY
+    from pipeline.train import set_trainable
+
+    weights = keras_home / "models" / REGISTRY["MobileNetV2"].weights_file.format(alpha=0.35, size=224)
+    params = dataclasses.replace(load_section("train", ROOT / "params.yaml"), batch_size=8, head_epochs=2,
+                                 finetune_epochs=2, finetune_layers=finetune_layers, finetune_learning_rate=1e-3,
+                                 dropout=0.3, early_stopping_patience=10)
+    data = tiny_data(size=96)
+    models = [build_model("MobileNetV2", 3, str(weights), size=96, alpha=0.35, dropout=0.3, seed=1) for _ in range(2)]
     models[1].model.set_weights(models[0].model.get_weights())
+    start = {w.path: w.numpy().copy() for w in models[0].model.weights}
     for fit, parts in zip((fit_cached, fit_plain), models):
         keras.utils.set_random_seed(7)
         fit(parts, data, params, class_weights(data["train"][1], 3), History())
-    xv = data["val"][0]
-    cached, plain = (p.model.predict(xv, verbose=0) for p in models)
-    np.testing.assert_allclose(cached, plain, atol=2e-3)
-    for a, b in zip(models[0].model.get_weights(), models[1].model.get_weights()):
-        np.testing.assert_allclose(a, b, atol=2e-3)
-    trainable = [layer for layer in models[0].base.layers if layer.trainable]
-    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
-    assert bool(trainable) == bool(finetune_layers)
+    cached, plain = (p.model.predict(data["val"][0], verbose=0) for p in models)
+    np.testing.assert_allclose(cached, plain, atol=TOLERANCE)
+    for a, b in zip(models[0].model.weights, models[1].model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=TOLERANCE, err_msg=a.path)
+    bn = bn_layers(models[0].base)
+    assert "Conv_1_bn" in {layer.name for layer in bn}
+    for layer in bn:  # pretrained statistics and scales untouched by either phase
+        for w in layer.weights:
+            np.testing.assert_array_equal(w.numpy(), start[w.path], err_msg=w.path)
+    set_trainable(models[0].base, find_cut(models[0].base, 12))
+    tuned = [w for layer in models[0].base.layers if layer.trainable for w in layer.trainable_weights]
+    moved = [np.abs(w.numpy() - start[w.path]).max() for w in tuned]
+    if finetune_layers:
+        assert tuned and min(moved) > 100 * TOLERANCE  # fine-tuning really moved every unfrozen weight
+    else:
+        assert max(moved) == 0  # no fine-tuning: the base stays as loaded
+    head = models[0].model.get_layer("classes").kernel
+    assert np.abs(head.numpy() - start[head.path]).max() > 100 * TOLERANCE
 
 
 def test_cut_has_one_tensor_crossing():

@@ -1,0 +1,57 @@
+"""Stages print their summary, not TensorFlow's start-up lines; progress bars only on a terminal."""
+import os
+import subprocess
+import sys
+
+from pipeline.console import progress
+from tests.conftest import ROOT
+
+NOISE = ("absl::InitializeLog", "oneDNN", "retracing")
+SCRIPT = """
+import sys
+from pipeline.console import quiet
+if sys.argv[1] == "quiet":
+    quiet(tensorflow=True)
+import keras, numpy as np
+inputs = keras.Input((8,))
+outputs = keras.layers.Dense(3, activation="softmax")(inputs)
+for n in range(1, 8):  # a new model and shape each call: TensorFlow warns about retracing
+    keras.Model(inputs, outputs).predict(np.zeros((n, 8)), verbose=0)
+print("stage: the summary line")
+"""
+
+
+def run_script(mode: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_LOGGING_LEVEL")}
+    return subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)})
+
+
+def test_tensorflow_start_up_noise_is_silenced_at_its_source():
+    loud = run_script("loud")
+    assert loud.returncode == 0, loud.stderr
+    if not any(n in loud.stderr for n in NOISE):  # pragma: no cover - depends on the TensorFlow version
+        import pytest
+        pytest.skip("this TensorFlow prints no start-up noise to silence")
+    done = run_script("quiet")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stage: the summary line"
+    assert not [n for n in NOISE if n in done.stderr], done.stderr
+
+
+def test_progress_is_silent_without_a_terminal(capsys):
+    assert list(progress(range(5), "work")) == [0, 1, 2, 3, 4]
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_draws_a_bar_on_a_terminal(monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert list(progress(range(3), "work")) == [0, 1, 2]
+    assert "work" in terminal.getvalue()

@@ -1,0 +1,61 @@
+"""The mobile contract: an app that follows export/metadata.json feeds the model what training fed it."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.export import input_contract
+from pipeline.images import load_rgb, model_input
+from tests.conftest import noise_image
+
+SIZE = 224
+# Largest probability difference allowed between the two inputs. Measured here: 0.0002 (float
+# resize, rounded); PIL's 8-bit resize, off by 1 grey level almost everywhere, gave 0.019.
+PREDICTION_TOLERANCE = 0.002
+
+
+def contract_images(folder):
+    """Shrinking a lot (striped and photo-like), shrinking a little, enlarging, odd aspect."""
+    stripes = np.zeros((900, 1200, 3), np.uint8)
+    stripes[:, ::2] = 255
+    stripes[::3, :, 1] = 128
+    images = {"stripes.png": Image.fromarray(stripes), "photo.jpg": noise_image(1, (3000, 2000)),
+              "small.png": noise_image(2, (300, 260)), "tiny.png": noise_image(3, (150, 120)),
+              "odd.png": noise_image(4, (97, 301))}
+    for name, image in images.items():
+        image.save(folder / name, quality=90)
+    return [folder / name for name in images]
+
+
+def tf_resize(path, resize: dict) -> np.ndarray:
+    """An independent implementation, driven only by the metadata's words."""
+    import tensorflow as tf
+
+    assert resize["half_pixel_centers"]  # tf.image.resize always uses half-pixel centres
+    out = tf.image.resize(np.asarray(load_rgb(path))[None].astype("float32"), (SIZE, SIZE),
+                          method=resize["method"], antialias=resize["antialias"])[0].numpy()
+    return np.clip(np.round(out), 0, 255)
+
+
+def test_tensorflow_reproduces_the_stated_resize(tmp_path):
+    resize = input_contract(SIZE)["resize"]
+    for path in contract_images(tmp_path):
+        ours, theirs = model_input(path, SIZE).astype(float), tf_resize(path, resize)
+        assert np.abs(ours - theirs).max() <= resize["max_pixel_difference"], path.name
+        if path.name != "stripes.png":  # stripes average to exact .5 ties everywhere
+            assert (ours != theirs).mean() < 1e-3, path.name  # off by one only on rare ties
+    # the old wording ("bilinear", no antialiasing) is caught: far off on the striped image
+    plain = tf_resize(tmp_path / "stripes.png", {**resize, "antialias": False})
+    assert np.abs(model_input(tmp_path / "stripes.png", SIZE) - plain).mean() > 20
+
+
+def test_app_following_the_metadata_gets_the_same_predictions(tmp_path, keras_home):
+    from pipeline.models import build_model
+
+    resize = input_contract(SIZE)["resize"]
+    model = build_model("MobileNetV2", 3, "imagenet", size=SIZE, alpha=0.35).model
+    paths = contract_images(tmp_path)
+    ours = model.predict(np.stack([model_input(p, SIZE) for p in paths]).astype("float32"), verbose=0)
+    app = model.predict(np.stack([tf_resize(p, resize) for p in paths]).astype("float32"), verbose=0)
+    assert np.abs(ours - app).max() <= PREDICTION_TOLERANCE
+    assert (ours.argmax(1) == app.argmax(1)).all()
+    assert ours.std(axis=0).max() > 1e-3  # the images really are told apart (not a constant model)

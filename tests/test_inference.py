@@ -1,0 +1,78 @@
+"""The served pyfunc: strict JSON for bad rows, and the parity-checked TFLite model inside it."""
+import base64
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.inference import Classifier, ImageClassifier, from_artifacts, serving_artifacts
+
+CLASSES = ["normal", "precancer", "cancer"]
+
+
+def strict_json(text: str):
+    """Parse as a browser would: NaN / Infinity are not JSON."""
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def png_base64(colour) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), colour).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def served(model: ImageClassifier, frame: pd.DataFrame) -> list[dict]:
+    """What `mlflow models serve` sends back for this input, parsed strictly."""
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    out = io.StringIO()
+    predictions_to_json(model.predict(None, frame), out)
+    return strict_json(out.getvalue())["predictions"]
+
+
+def test_bad_rows_carry_null_not_nan():
+    model = ImageClassifier()
+    model.classifier = Classifier(lambda x: np.tile([[0.1, 0.7, 0.2]], (len(x), 1)), CLASSES, 16)
+    rows = served(model, pd.DataFrame({"image": [png_base64("red"), "not base64!", png_base64("blue")]}))
+    assert [r["class"] for r in rows] == ["precancer", "", "precancer"]
+    assert rows[1]["prob_normal"] is None and "base64" in rows[1]["error"]
+    assert rows[0]["prob_precancer"] == pytest.approx(0.7)
+
+
+def test_strict_parser_refuses_nan():
+    with pytest.raises(ValueError, match="NaN"):
+        strict_json('{"p": NaN}')
+
+
+def tiny_model():
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+def test_serving_runs_the_exported_tflite_model_with_keras_answers(tmp_path):
+    from pipeline.export import convert
+
+    model = tiny_model()
+    model.save(tmp_path / "model.keras")
+    (tmp_path / "model_float32.tflite").write_bytes(convert(model, ("float32",))["float32"])
+    metadata = {"classes": CLASSES, "image_size": 16, "variants": {"float32": {"file": "model_float32.tflite"}}}
+    (tmp_path / "metadata.json").write_text(json.dumps(metadata))
+    artifacts = serving_artifacts(tmp_path / "model.keras", tmp_path)
+    assert artifacts["tflite_model"].endswith("model_float32.tflite")
+    classifier = from_artifacts(artifacts)
+    assert classifier.keras_model is None  # the TFLite interpreter, not Keras
+    x = np.random.default_rng(0).uniform(0, 255, (5, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(classifier.predict(x), model.predict(x, verbose=0), atol=1e-5)
+    del metadata["variants"]["float32"]  # not accepted by export: Keras is served
+    (tmp_path / "metadata.json").write_text(json.dumps(metadata))
+    assert from_artifacts(serving_artifacts(tmp_path / "model.keras", tmp_path)).keras_model is not None
