@@ -1,6 +1,5 @@
 """The mobile contract: an app that follows export/metadata.json feeds the model what training fed it."""
 import numpy as np
-import pytest
 from PIL import Image
 
 from pipeline.export import input_contract
