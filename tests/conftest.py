@@ -129,11 +129,13 @@ def isolated_mlflow_uri():
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
-def scratch_workspace(tmp_path: Path, overrides: dict, per_class: int = 12) -> Path:
-    """A scratch copy of the project: git + DVC repo with a local remote, shrunk params, demo images."""
+def scratch_workspace(tmp_path: Path, overrides: dict, per_class: int = 12, root: Path | None = None,
+                      local_remote: bool = True) -> Path:
+    """A scratch copy of the project: git + DVC repo (with a local remote unless the test brings its
+    own, e.g. the stack's S3), shrunk params, demo images; in tmp_path/ws unless root is given."""
     from pipeline.demo import generate
 
-    root, env = tmp_path / "ws", {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    root, env = root or tmp_path / "ws", {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     root.mkdir()
     for name in ("pipeline", "flows"):
         shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -141,9 +143,9 @@ def scratch_workspace(tmp_path: Path, overrides: dict, per_class: int = 12) -> P
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, root / name)
     shutil.copy(shrink_params(tmp_path, **overrides), root / "params.yaml")
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
-                ["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+    remote = [["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")]] if local_remote else []
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"], *remote,
+                ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
     generate(root / "data" / "raw", per_class=per_class, seed=5)
     return root

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.demo import generate
-from tests.conftest import ROOT, free_port, shrink_params
+from tests.conftest import ROOT, free_port, scratch_workspace
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.stack
@@ -50,19 +49,8 @@ def sh(cwd: Path, *cmd: str, env: dict | None = None, timeout: int = 900) -> str
 
 
 def make_workspace(root: Path, tmp: Path, params: dict = TINY) -> Path:
-    """A scratch copy of the project (git + DVC), tiny params, demo images."""
-    root.mkdir()
-    for name in ("pipeline", "flows"):
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", "data/labels/corrections.csv"):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, root / name)
-    shutil.copy(shrink_params(tmp, **params), root / "params.yaml")
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
-                ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        sh(root, *cmd)
-    generate(root / "data" / "raw", per_class=12, seed=5)
-    return root
+    """A scratch copy of the project (git + DVC, no remote: the stack brings its S3), tiny params, demo images."""
+    return scratch_workspace(tmp, params, root=root, local_remote=False)
 
 
 class Stack:
