@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-
-def fmt(value) -> str:
-    return "not measured" if value is None or value != value else f"{value:.3f}"
+from pipeline.stats import fmt
 
 
 def decision_markdown(registry: dict, metrics: dict, version: str, outcome: dict) -> str:

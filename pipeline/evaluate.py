@@ -192,10 +192,6 @@ def gradcam_examples(model_path: Path, predictions: Path, raw: Path, classes, si
     return examples
 
 
-def fmt(value, digits: int = 3) -> str:
-    return "not measured" if value is None else f"{value:.{digits}f}"
-
-
 def main(argv: list[str] | None = None) -> None:
     quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,9 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     out["metrics"].parent.mkdir(parents=True, exist_ok=True)
     s = run(args.params, args.raw, args.split, out)
     best, ci = s["best"], s["best"]["test_interval"]
-    print(f"evaluate: chose {best['architecture']} on validation {best['select_by']} {fmt(best['val_value'])}; "
-          f"its test {best['select_by']} {fmt(best['test_value'])} "
-          f"({s['confidence']:.0%} interval {fmt(ci['low'])} to {fmt(ci['high'])}, by duplicate group)")
+    print(f"evaluate: chose {best['architecture']} on validation {best['select_by']} {stats.fmt(best['val_value'])}; "
+          f"its test {best['select_by']} {stats.fmt(best['test_value'])} "
+          f"({s['confidence']:.0%} interval {stats.fmt(ci['low'])} to {stats.fmt(ci['high'])}, by duplicate group)")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def fmt(value, digits: int = 3) -> str:
-    return "not measured" if value is None else f"{value:.{digits}f}"
+from pipeline.stats import fmt
 
 
 def span(ci) -> str:

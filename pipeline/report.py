@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.stats import fmt
+
 CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 1.5em 3em;color:#1d2330}
 h1{margin:.8em 0 .2em}h2{border-bottom:2px solid #dde3ea;padding-bottom:.2em;margin-top:1.8em}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccd3dc;padding:.25em .6em;text-align:left}
@@ -38,9 +40,7 @@ def image(path: Path, alt: str) -> str:
 
 
 def number(value) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "not measured"
-    return f"{value:.3f}" if isinstance(value, float) else escape(str(value))
+    return fmt(value) if value is None or isinstance(value, float) else escape(str(value))
 
 
 def table(rows: list[dict], columns: list[str] | None = None) -> str:

@@ -14,6 +14,11 @@ from scipy.stats import beta, norm
 AVERAGED = ("balanced_accuracy", "macro_f1", "roc_auc")  # class-averaged: each class weighs the same
 
 
+def fmt(value, digits: int = 3) -> str:
+    """A metric as people read it: None (or nan) is "not measured", never 0 or "nan"."""
+    return "not measured" if value is None or value != value else f"{value:.{digits}f}"
+
+
 def clopper_pearson(k: float, n: float, confidence: float = 0.95) -> tuple[float, float] | None:
     """Exact binomial interval; k may be fractional (group-level counts). None when n == 0."""
     if n <= 0:
