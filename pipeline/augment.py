@@ -2,7 +2,8 @@
 
 Each class is topped up to `augment.target_per_class` train images (or to the largest
 class when it is null) with random rotation, shifts, shear, zoom, horizontal flip and
-brightness. Val and test are never augmented. Every augmented image is listed with the
+brightness. Val and test are never augmented. Variants are made from the preview validate kept
+(pipeline/pixels.py), so the output is at most 320 px on its shorter side. Every augmented image is listed with the
 source image and group it came from, so it can never leak across splits.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 from PIL import Image, ImageEnhance
 
 from pipeline.console import progress, quiet
-from pipeline.images import load_rgb
+from pipeline.pixels import cache_dir, preview, shas_of
 from pipeline.params import Augment, load_section
 
 
@@ -75,12 +76,15 @@ def run(params_path: Path, raw_dir: Path, split_path: Path, out_dir: Path, listi
     if out_dir.exists():
         shutil.rmtree(out_dir)
     rng = np.random.default_rng(base.seed)
-    paths = []
+    # variants of the preview (shorter side 320, >= every model size), not of the 12 MP original:
+    # a variant is resized to the model's size anyway, and validate already decoded the original once
+    pixel_cache, sha_of, paths = cache_dir(raw_dir), dict(zip(train.path, shas_of(train))), []
     for row in progress(todo.itertuples(), "augment", len(todo)):
         name = f"{Path(row.source_path).stem}__aug{row.variant}_{len(paths)}.png"
         target = out_dir / row.label / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        augment_image(load_rgb(raw_dir / row.source_path), params, rng).save(target)
+        source = preview(pixel_cache, sha_of[row.source_path], raw_dir / row.source_path)
+        augment_image(source, params, rng).save(target, compress_level=1)
         paths.append(target.relative_to(out_dir).as_posix())
     todo.insert(0, "path", paths)
     listing.parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,17 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from pipeline.images import load_rgb
+from pipeline.pixels import cache_dir, preview
 
 THUMB, CAPTION, PER_ROW = 96, 14, 8
+
+
+def thumbnail(raw_dir: Path, row, side: int) -> Image.Image:
+    """A row's image at most side x side: from the preview validate kept, when the row names its content."""
+    sha = getattr(row, "sha256", "")
+    image = preview(cache_dir(raw_dir), sha, raw_dir / row.path) if sha else load_rgb(raw_dir / row.path)
+    image.thumbnail((side, side))
+    return image
 
 
 def draw_contact_sheet(groups: pd.DataFrame, raw_dir: Path, max_groups: int, out: Path) -> None:
@@ -28,8 +37,7 @@ def draw_contact_sheet(groups: pd.DataFrame, raw_dir: Path, max_groups: int, out
         pen.text((4, r * row_h + 1), f"{gid}: {len(members)} images{note}",
                  fill="red" if conflict else "darkorange" if mixed else "black")
         for c, row in enumerate(members.head(PER_ROW).itertuples()):
-            thumb = load_rgb(raw_dir / row.path)
-            thumb.thumbnail((THUMB, THUMB))
+            thumb = thumbnail(raw_dir, row, THUMB)
             x, y = c * THUMB, r * row_h + CAPTION
             sheet.paste(thumb, (x, y))
             pen.text((x + 2, y + THUMB), row.label[:14], fill="red" if row.conflict else "black")
@@ -79,8 +87,7 @@ def draw_label_issue_sheet(issues: pd.DataFrame, raw_dir: Path, max_images: int,
              fill="dimgray", font=font)
     for i, row in enumerate(shown.itertuples()):
         x, y = (i % LABEL_COLS) * LABEL_CELL, top + (i // LABEL_COLS) * cell_h
-        thumb = load_rgb(raw_dir / row.path)
-        thumb.thumbnail((LABEL_THUMB, LABEL_THUMB))
+        thumb = thumbnail(raw_dir, row, LABEL_THUMB)
         sheet.paste(thumb, (x + (LABEL_CELL - thumb.width) // 2, y + (LABEL_THUMB - thumb.height) // 2))
         for j, line in enumerate(_caption(row, font, LABEL_CELL - 6)):
             pen.text((x + 3, y + LABEL_THUMB + 2 + j * LINE), line, fill="firebrick", font=font)

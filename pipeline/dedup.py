@@ -26,32 +26,34 @@ from scipy.sparse.csgraph import connected_components
 from pipeline.console import progress, quiet
 from pipeline.hamming import near_pairs
 from pipeline.images import load_rgb
+from pipeline.pixels import PREVIEW_SIDE, cache_dir, make_preview, preview
 from pipeline.params import Dedup, load_section
 
 HASHES = {"phash": imagehash.phash, "dhash": imagehash.dhash,
           "ahash": imagehash.average_hash, "whash": imagehash.whash}
 
 
-# A hash looks at a 32x32 (phash) or smaller thumbnail, so a large JPEG is decoded in the DCT at
-# 1/2..1/8 scale with its shorter side kept >= HASH_SIDE. Not bit-exact by construction: at 256
-# one of 6 generated 12 MP photos moved 2 bits; at 512 none did (tests/test_dedup.py), and every
-# copy of a photo is hashed the same way. Part of the cache key: full-decode hashes are not mixed in.
-HASH_SIDE = 512
-
-
-def compute_hash(path: Path, kind: str, size: int) -> int:
-    """The perceptual hash of the pixels the model sees, as an integer of size**2 bits."""
-    bits = HASHES[kind](load_rgb(path, min_side=HASH_SIDE), hash_size=size).hash.flatten()
+def hash_image(image, kind: str, size: int) -> int:
+    """The perceptual hash of an RGB image, as an integer of size**2 bits."""
+    bits = HASHES[kind](image, hash_size=size).hash.flatten()
     return int.from_bytes(np.packbits(bits).tobytes(), "big") >> (-len(bits) % 8)
 
 
-def hash_contents(paths_by_sha: dict[str, Path], params: Dedup, cache: dict[str, str]) -> tuple[dict[str, int], int]:
-    """Hash every distinct content once, reusing `cache` (updated in place). Returns hashes and how many were new."""
-    prefix, fresh, hashes = f"{params.hash}:{params.hash_size}:side{HASH_SIDE}:", 0, {}
+def compute_hash(path: Path, kind: str, size: int) -> int:
+    """The hash dedup gives a file: of its preview (pipeline/pixels.py; a hash looks at a 32x32 or
+    smaller thumbnail, so the preview's 320 px serve it). Every image is hashed from its preview."""
+    return hash_image(make_preview(load_rgb(path)), kind, size)
+
+
+def hash_contents(paths_by_sha: dict[str, Path], params: Dedup, cache: dict[str, str],
+                  pixel_cache: Path) -> tuple[dict[str, int], int]:
+    """Hash every distinct content once, reusing `cache` (updated in place). Returns hashes and how many were new.
+    Hashes are of the preview validate kept (made from the original when it is missing)."""
+    prefix, fresh, hashes = f"{params.hash}:{params.hash_size}:preview{PREVIEW_SIDE}:", 0, {}
     for sha, path in progress(paths_by_sha.items(), "dedup: hashing", len(paths_by_sha)):
         key = prefix + sha
         if key not in cache:
-            cache[key] = format(compute_hash(path, params.hash, params.hash_size), "x")
+            cache[key] = format(hash_image(preview(pixel_cache, sha, path), params.hash, params.hash_size), "x")
             fresh += 1
         hashes[sha] = int(cache[key], 16)
     return hashes, fresh
@@ -168,7 +170,7 @@ def run(params_path: Path, raw_dir: Path, manifest_path: Path, outputs: dict[str
     cache_path = outputs["cache"]
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     paths_by_sha = {sha: raw_dir / path for sha, path in zip(images.sha256, images.path)}
-    hashes, fresh = hash_contents(paths_by_sha, params, cache)
+    hashes, fresh = hash_contents(paths_by_sha, params, cache, cache_dir(raw_dir))
     group_of, copies_of = group_contents(hashes, params.max_distance, params.hash_size ** 2,
                                          params.conflict_max_distance)
     groups = build_groups(images, group_of, copies_of)

@@ -19,8 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.console import quiet
-from pipeline import stats
-from pipeline.images import load_batch
+from pipeline import pixels, stats, streams
 from pipeline.params import load_section
 from pipeline.reporting import confusion, write_confusion_json, write_confusion_png
 
@@ -32,9 +31,10 @@ def selectable(classes, positive) -> list[str]:
 
 
 def predict_rows(predict, size: int, rows: pd.DataFrame, raw: Path, classes: list[str]):
-    """Class indices and predicted probabilities of some split rows, for any model's predict function."""
-    y = np.array([classes.index(c) for c in rows.label], dtype=int)
-    return y, predict(load_batch([raw / p for p in rows.path], size))
+    """Class indices and predicted probabilities of some split rows, for any model's predict function
+    (images from the pixel cache, a chunk at a time)."""
+    images = streams.images_of(rows, raw, classes, size)
+    return images.y, streams.predict_rows(predict, images)
 
 
 def test_report(y, probs, groups, classes, params, seed: int) -> dict:
@@ -56,7 +56,7 @@ def evaluate_one(name, info, sets, raw, base, params, out: dict[str, Path]) -> d
 
     classes, positive = list(base.classes), list(base.positive_classes)
     model = keras.saving.load_model(out["models"] / name / "model.keras")
-    predict = lambda x: model.predict(x, verbose=0)  # noqa: E731
+    predict = lambda x: model.predict_on_batch(x)  # noqa: E731
     result = {"run_id": info["run_id"]}
     for split in ("val", "test"):
         y, probs = predict_rows(predict, info["image_size"], sets[split], raw, classes)
@@ -170,13 +170,12 @@ def gradcam_examples(model_path: Path, predictions: Path, raw: Path, classes, si
     and its most confident wrong one (if any). Written as PNGs with an index for the run report."""
     import keras
 
-    from pipeline.images import model_input
     from pipeline.predict import gradcam, overlay
 
     table = pd.read_csv(predictions, keep_default_na=False)
     probs = table[[f"p_{c}" for c in classes]].to_numpy()
     table["predicted"], table["confidence"] = [classes[i] for i in probs.argmax(1)], probs.max(1)
-    model, examples = keras.saving.load_model(model_path), []
+    model, examples, cache = keras.saving.load_model(model_path), [], pixels.cache_dir(raw)
     out_dir.mkdir(parents=True, exist_ok=True)
     for label in classes:
         rows = table[table.label == label].sort_values(["confidence", "path"], ascending=[False, True])
@@ -184,8 +183,9 @@ def gradcam_examples(model_path: Path, predictions: Path, raw: Path, classes, si
         for outcome, row in [("right", r) for r in right.head(1).itertuples()] + \
                             [("wrong", r) for r in wrong.head(per_class - min(1, len(right))).itertuples()]:
             png = out_dir / f"{label}_{outcome}_{len(examples):02d}_{Path(row.path).stem}.png"  # stems repeat
-            cam = gradcam(model, model_input(raw / row.path, size), classes.index(row.predicted))
-            overlay(raw / row.path, cam, png)
+            sha, path = getattr(row, "sha256", ""), raw / row.path
+            cam = gradcam(model, pixels.model_array(cache, sha, path, size), classes.index(row.predicted))
+            overlay(pixels.preview(cache, sha, path), cam, png)
             examples.append({"path": row.path, "label": label, "predicted": row.predicted,
                              "confidence": round(float(row.confidence), 4), "outcome": outcome, "png": png.name})
     (out_dir / "examples.json").write_text(json.dumps(examples, indent=2) + "\n")

@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.console import quiet
-from pipeline.images import RESIZE_CONTRACT, load_batch
+from pipeline.images import RESIZE_CONTRACT
 from pipeline.inference import TFLiteModel
 from pipeline.params import Export, load_section
+from pipeline.streams import images_of, predict_rows
 
 VARIANTS = ("float32", "dynamic_range", "float16")
 
@@ -55,8 +56,9 @@ def parity(reference: np.ndarray, candidate: np.ndarray, variant: str, params: E
             "reason": "; ".join(problems) or "passed the parity check on the test split"}
 
 
-def latency_ms(model: TFLiteModel, x: np.ndarray, repeats: int) -> float:
+def latency_ms(model: TFLiteModel, images, repeats: int) -> float:
     """Median wall time of one single-image invoke (one thread)."""
+    x = images.read(np.arange(min(len(images), repeats))).astype(np.float32)
     model.predict(x[:1])  # warm-up
     times = []
     for i in range(repeats):
@@ -66,12 +68,13 @@ def latency_ms(model: TFLiteModel, x: np.ndarray, repeats: int) -> float:
     return float(np.median(times))
 
 
-def check_variants(flatbuffers: dict[str, bytes], reference, x, params: Export, out_dir: Path) -> dict:
+def check_variants(flatbuffers: dict[str, bytes], reference, images, params: Export, out_dir: Path) -> dict:
+    """Each variant against the Keras probabilities on the test images (read a chunk at a time)."""
     report = {}
     for variant, blob in flatbuffers.items():
         model = TFLiteModel(blob, threads=1)
-        result = parity(reference, model.predict(x), variant, params)
-        result.update(bytes=len(blob), latency_ms=latency_ms(model, x, params.latency_repeats))
+        result = parity(reference, predict_rows(model.predict, images), variant, params)
+        result.update(bytes=len(blob), latency_ms=latency_ms(model, images, params.latency_repeats))
         if result["accepted"]:
             result["file"] = f"model_{variant}.tflite"
             (out_dir / result["file"]).write_bytes(blob)
@@ -96,12 +99,12 @@ def run(params_path: Path, raw: Path, split_csv: Path, metrics_path: Path, out_d
     info = json.loads((Path(best["model"]).parent / "run.json").read_text())
     model = keras.saving.load_model(best["model"])
     test = pd.read_csv(split_csv, keep_default_na=False).query("split == 'test'")
-    x = load_batch([raw / p for p in test.path], info["image_size"]).astype(np.float32)
-    reference = model.predict(x, verbose=0)
+    images = images_of(test, raw, base.classes, info["image_size"])
+    reference = predict_rows(lambda x: model.predict_on_batch(x), images)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    variants = check_variants(convert(model), reference, x, params, out_dir)
+    variants = check_variants(convert(model), reference, images, params, out_dir)
     (out_dir / "labels.txt").write_text("\n".join(base.classes) + "\n")
     metadata = {"architecture": best["architecture"], "classes": list(base.classes), "image_size": info["image_size"],
                 "input": input_contract(info["image_size"]),
@@ -110,7 +113,7 @@ def run(params_path: Path, raw: Path, split_csv: Path, metrics_path: Path, out_d
                 "variants": {k: {f: v[f] for f in ("file", "bytes", "latency_ms") if f in v} for k, v in variants.items()
                              if v["accepted"]}}
     (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    report = {"architecture": best["architecture"], "test_images": int(len(x)), "variants": variants}
+    report = {"architecture": best["architecture"], "test_images": int(len(images)), "variants": variants}
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     tracking.setup(load_section("train", params_path).experiment)

@@ -89,23 +89,35 @@ def _open(source: Path | bytes, max_pixels: int, min_side: int | None = None) ->
     return image, stored
 
 
-def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
-    """Decode the whole file once (a JPEG at 1/8 scale: the whole stream is still read, so a
-    truncated file is still caught, 5x faster on 12 MP); raise UnusableImage with a reason if it
-    can't be used. Width and height are the stored ones, swapped when EXIF says the photo is turned."""
-    image, (width, height) = _open(path, max_pixels, min_side=1)
+def decode(source: Path | bytes, max_pixels: int) -> Image.Image:
+    """The whole file decoded at full size (what the model input needs); UnusableImage with a reason."""
+    return _open(source, max_pixels)[0]
+
+
+def describe(image: Image.Image, stored: tuple[int, int] | None = None) -> tuple[ImageInfo, Image.Image]:
+    """Format, mode and oriented size of a decoded image, and its EXIF-oriented 8-bit RGB pixels;
+    UnusableImage if it can't become RGB. `stored`: the size in the file when decoded smaller."""
+    width, height = stored or image.size
     try:
-        oriented = ImageOps.exif_transpose(image)
         turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        oriented = ImageOps.exif_transpose(image)
     except Exception as err:  # a broken EXIF block must not hide a good image
         raise UnusableImage(f"unreadable EXIF orientation ({err})") from None
     try:
-        if image.mode not in ("RGB", "L"):  # the common modes always convert; skip the copy
-            to_rgb(oriented)
+        rgb = to_rgb(oriented)
     except ValueError as err:  # e.g. a colour mode Pillow cannot turn into RGB
         raise UnusableImage(f"colour mode {image.mode} cannot be shown as RGB ({err})") from None
     return ImageInfo(format=image.format or "", mode=image.mode,
-                     width=height if turned else width, height=width if turned else height)
+                     width=height if turned else width, height=width if turned else height), rgb
+
+
+def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
+    """Decode the whole file once (a JPEG at 1/8 scale: the whole stream is still read, so a
+    truncated file is still caught, 5x faster on 12 MP); raise UnusableImage with a reason if it
+    can't be used. Width and height are the stored ones, swapped when EXIF says the photo is turned.
+    validate itself decodes at full size (pixels.store), keeping the model inputs of that decode."""
+    image, stored = _open(path, max_pixels, min_side=1)
+    return describe(image, stored)[0]
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
@@ -160,10 +172,15 @@ RESIZE_CONTRACT = {
 }
 
 
-def resize_rgb(image: Image.Image, size: int) -> np.ndarray:
-    """uint8 (size, size, 3) as RESIZE_CONTRACT says."""
-    bands = [np.asarray(band.convert("F").resize((size, size), Image.Resampling.BILINEAR)) for band in image.split()]
-    return np.clip(np.round(np.stack(bands, axis=-1)), 0, 255).astype(np.uint8)
+def float_bands(image: Image.Image) -> list[Image.Image]:
+    return [band.convert("F") for band in image.split()]
+
+
+def resize_rgb(image: Image.Image | list, size: int) -> np.ndarray:
+    """uint8 (size, size, 3) as RESIZE_CONTRACT says (from an RGB image or its float_bands)."""
+    bands = float_bands(image) if isinstance(image, Image.Image) else image
+    out = [np.asarray(band.resize((size, size), Image.Resampling.BILINEAR)) for band in bands]
+    return np.clip(np.round(np.stack(out, axis=-1)), 0, 255).astype(np.uint8)
 
 
 def model_input(source: Path | bytes, size: int) -> np.ndarray:

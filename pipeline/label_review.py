@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.console import progress, quiet
-from pipeline.images import UnusableImage, load_batch, model_input
+from pipeline import pixels
+from pipeline.images import UnusableImage
 from pipeline.params import LabelReview, load_section
 
 CHUNK = 64      # images decoded and pushed through the network at once (bounds memory)
@@ -63,29 +64,26 @@ def feature_extractor(params: LabelReview):
     return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
 
 
-def load_chunk(paths: list[Path], size: int) -> tuple[np.ndarray, dict[int, str]]:
-    """Pixels of the readable images (in order) and, by position, why the others could not be read."""
-    try:
-        return load_batch(paths, size), {}
-    except (UnusableImage, OSError):
-        pass  # find the culprits one by one; one bad file must not stop the review
-    pixels, bad = [], {}
-    for i, path in enumerate(paths):
+def load_chunk(cache: Path, shas: list[str], paths: list[Path], size: int) -> tuple[np.ndarray, dict[int, str]]:
+    """Pixels of the readable images (in order, from the pixel cache) and, by position, why the others could not be read."""
+    arrays, bad = [], {}
+    for i, (sha, path) in enumerate(zip(shas, paths)):
         try:
-            pixels.append(model_input(path, size))
-        except (UnusableImage, OSError) as err:
+            arrays.append(pixels.model_array(cache, sha, path, size))
+        except (UnusableImage, OSError) as err:  # one bad file must not stop the review
             bad[i] = str(err)
-    return np.stack(pixels) if pixels else np.empty((0, size, size, 3), np.uint8), bad
+    return np.stack(arrays) if arrays else np.empty((0, size, size, 3), np.uint8), bad
 
 
-def extract_features(model, paths: list[Path], size: int) -> tuple[np.ndarray, dict[int, str]]:
+def extract_features(model, paths: list[Path], size: int, shas: list[str] | None = None,
+                     cache: Path | None = None) -> tuple[np.ndarray, dict[int, str]]:
     """One feature row per readable image, CHUNK images at a time; unreadable ones by index, with the reason."""
-    rows, unreadable = [], {}
+    rows, unreadable, shas = [], {}, shas or [""] * len(paths)
     for start in progress(range(0, len(paths), CHUNK), "label_review: features"):
-        pixels, bad = load_chunk(paths[start:start + CHUNK], size)
+        x, bad = load_chunk(cache, shas[start:start + CHUNK], paths[start:start + CHUNK], size)
         unreadable.update({start + i: reason for i, reason in bad.items()})
-        if len(pixels):
-            rows.append(np.asarray(model.predict_on_batch(pixels.astype("float32"))))
+        if len(x):
+            rows.append(np.asarray(model.predict_on_batch(x.astype("float32"))))
     return (np.concatenate(rows) if rows else np.empty((0, 0), np.float32)), unreadable
 
 
@@ -196,7 +194,7 @@ def run(params_path: Path, raw_dir: Path, split_csv: Path, outputs: dict[str, Pa
         raise SystemExit("label_review: label_review.folds must be at least 2")
     table = read_split(split_csv, base.classes)
     features, bad = extract_features(feature_extractor(params), [raw_dir / p for p in table.path],
-                                     params.image_size)
+                                     params.image_size, pixels.shas_of(table), pixels.cache_dir(raw_dir))
     unreadable = {table.path[i]: reason for i, reason in sorted(bad.items())}
     table = table.drop(index=list(bad)).reset_index(drop=True)
     labels = table.label.map({c: i for i, c in enumerate(base.classes)}).to_numpy()

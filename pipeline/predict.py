@@ -38,10 +38,10 @@ def gradcam(model, x: np.ndarray, class_index: int) -> np.ndarray:
     return cam / cam.max() if cam.max() > 0 else cam
 
 
-def overlay(path: Path, cam: np.ndarray, out: Path) -> None:
+def overlay(image: Image.Image, cam: np.ndarray, out: Path) -> None:
+    """The class-activation map in colour over an RGB image (any size: the map is stretched to it)."""
     import matplotlib
 
-    image = load_rgb(path)
     heat = Image.fromarray(np.uint8(cam * 255)).resize(image.size, Image.Resampling.BILINEAR)
     colored = matplotlib.colormaps["jet"](np.asarray(heat) / 255.0)[..., :3]
     blend = 0.6 * np.asarray(image) / 255.0 + 0.4 * colored
@@ -56,7 +56,7 @@ def write_gradcams(classifier: Classifier, paths: list[Path], results: list[dict
         if result["error"] is None:
             x = model_input(path, classifier.size)
             cam = gradcam(classifier.keras_model, x, classifier.classes.index(result["class"]))
-            overlay(path, cam, out_dir / f"{i:03d}_{path.stem}_gradcam.png")
+            overlay(load_rgb(path), cam, out_dir / f"{i:03d}_{path.stem}_gradcam.png")
 
 
 def format_line(path: Path, result: dict) -> str:

@@ -52,13 +52,13 @@ def client_or_fail():
 
 def champion_probs(name: str, version: str, test: pd.DataFrame, raw: Path, classes) -> np.ndarray | None:
     """The champion's probabilities on today's test images, or None if it predicts other classes."""
-    from pipeline.images import load_batch
     from pipeline.inference import load_classifier
+    from pipeline.streams import images_of, predict_rows
 
     classifier = load_classifier(f"models:/{name}/{version}")
     if list(classifier.classes) != list(classes):
         return None
-    return classifier.predict(load_batch([raw / p for p in test.path], classifier.size))
+    return predict_rows(classifier.predict, images_of(test, raw, classes, classifier.size))
 
 
 def gate_failures(classes_report: dict, min_sensitivity: dict[str, float], gate_on: str) -> list[str]:

@@ -4,36 +4,40 @@ Phase 1 trains the head on the frozen base; phase 2 unfreezes the top `finetune_
 layers of the base at a lower learning rate. A frozen layer computes the same output for
 the same image every epoch (augmentation is offline and BatchNorm runs in inference mode),
 so the frozen part runs once per image and its output is cached; only the trainable part
-trains, on the cache. `fit_plain` is the ordinary `model.fit` it is tested against.
+trains, on the cache (a file: pipeline/streams.py). `fit_plain` is the ordinary `model.fit` on
+images it is tested against. Images come from the pixel cache a batch at a time, so memory does
+not grow with the number of images.
 An architecture with `weights: none` has nothing frozen and trains end to end.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pipeline import pixels
 from pipeline.console import quiet
-from pipeline.images import load_batch
 from pipeline.models import Parts, build_model, get_arch
 from pipeline.params import Train, load_section
+from pipeline.streams import CHUNK, Images, batches, predict_rows, to_file
 
-CHUNK = 128  # images pushed through the frozen part at once (bounds memory)
-
-
-def read_sets(raw: Path, augmented: Path, split_csv: Path, augmented_csv: Path, classes) -> dict:
-    """Paths and class indices of the train set (with its augmented images) and the val set."""
+def read_sets(raw: Path, augmented: Path, split_csv: Path, augmented_csv: Path, classes, size: int) -> dict:
+    """The train set (with its augmented images) and the val set, read from the pixel cache a batch at a time."""
     split = pd.read_csv(split_csv, keep_default_na=False)
     extra = pd.read_csv(augmented_csv, keep_default_na=False)
-    index = {c: i for i, c in enumerate(classes)}
+    index, cache = {c: i for i, c in enumerate(classes)}, pixels.cache_dir(raw)
     train, val = split[split.split == "train"], split[split.split == "val"]
-    return {"train": ([raw / p for p in train.path] + [augmented / p for p in extra.path],
-                      np.array([index[c] for c in list(train.label) + list(extra.label)])),
-            "val": ([raw / p for p in val.path], np.array([index[c] for c in val.label]))}
+    return {"train": Images([raw / p for p in train.path] + [augmented / p for p in extra.path],
+                            pixels.shas_of(train) + [""] * len(extra),
+                            np.array([index[c] for c in list(train.label) + list(extra.label)], dtype=int), size, cache),
+            "val": Images([raw / p for p in val.path], pixels.shas_of(val), np.array([index[c] for c in val.label], dtype=int),
+                          size, cache)}
 
 
 def class_weights(y: np.ndarray, n: int) -> dict[int, float]:
@@ -72,12 +76,14 @@ def callbacks(params: Train, log) -> list:
             keras.callbacks.LambdaCallback(on_epoch_end=log)]
 
 
-def compile_fit(model, x, y, val, params: Train, lr: float, epochs: int, weights, log):
+def compile_fit(model, train, val, params: Train, lr: float, epochs: int, weights, log):
+    """fit on row sources a batch at a time, train rows reshuffled every epoch from the run's seed."""
     import keras
 
+    seed = random.randrange(2**31)  # python's generator, seeded by keras.utils.set_random_seed in run()
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model.fit(x, y, validation_data=val, epochs=epochs, batch_size=params.batch_size,
-                     class_weight=weights, shuffle=True, verbose=0, callbacks=callbacks(params, log))
+    return model.fit(batches(train, params.batch_size, seed), validation_data=batches(val, CHUNK), epochs=epochs,
+                     class_weight=weights, shuffle=False, verbose=0, callbacks=callbacks(params, log))
 
 
 def finetunes(params: Train) -> bool:
@@ -105,55 +111,56 @@ def split_base(parts: Parts, cut: int | None):
 def fit_cached(parts: Parts, data: dict, params: Train, weights, log) -> None:
     """Both phases, with everything frozen computed once per image.
 
-    The frozen bottom runs once (compiled predict) up to the fine-tuning cut; phase 1 gets its
-    features by running only the small top on those activations, phase 2 trains the top on them.
+    The frozen bottom runs once up to the fine-tuning cut, its activations kept in a file; phase 1
+    gets its features by running only the small top on those activations, phase 2 trains the top
+    on them. Memory holds one batch, whatever the number of images.
     """
     import keras
 
     base, head = parts.base, parts.head
-    (x, y), (xv, yv) = data["train"], data["val"]
     finetune = finetunes(params)
     cut = find_cut(base, params.finetune_layers) if finetune else None
     base.trainable = False
     front, top = split_base(parts, cut)
-    a, av = (front.predict(z, batch_size=CHUNK, verbose=0) for z in (x, xv))
-    cached = keras.Input(a.shape[1:])
-    pooled = keras.Model(cached, head[0](top(cached, training=False) if top else cached))
-    f, fv = (pooled.predict(z, batch_size=CHUNK, verbose=0) for z in (a, av))
-    features = keras.Input(f.shape[1:])
-    compile_fit(keras.Model(features, stack(head[1:], features)), f, y, (fv, yv),
-                params, params.head_learning_rate, params.head_epochs, weights, log("head"))
-    if not finetune:
-        return
-    set_trainable(base, cut)
-    compile_fit(keras.Model(cached, stack(head, top(cached, training=False))), a, y, (av, yv),
-                params, params.finetune_learning_rate, params.finetune_epochs, weights, log("finetune"))
+    with tempfile.TemporaryDirectory(prefix="train-rows-") as tmp:
+        a, av = (to_file(front, data[k], Path(tmp) / f"{k}.act", f"train: frozen part ({k})") for k in ("train", "val"))
+        cached = keras.Input(a.shape)
+        pooled = keras.Model(cached, head[0](top(cached, training=False) if top else cached))
+        f, fv = (to_file(pooled, z, Path(tmp) / f"{k}.features") for k, z in (("train", a), ("val", av)))
+        features = keras.Input(f.shape)
+        compile_fit(keras.Model(features, stack(head[1:], features)), f, fv,
+                    params, params.head_learning_rate, params.head_epochs, weights, log("head"))
+        if not finetune:
+            return
+        set_trainable(base, cut)
+        compile_fit(keras.Model(cached, stack(head, top(cached, training=False))), a, av,
+                    params, params.finetune_learning_rate, params.finetune_epochs, weights, log("finetune"))
 
 
 def fit_plain(parts: Parts, data: dict, params: Train, weights, log) -> None:
     """The same two phases with plain `model.fit` on images: the reference for fit_cached."""
     model, base = parts.model, parts.base
-    (x, y), val = data["train"], data["val"]
     base.trainable = False
-    compile_fit(model, x, y, val, params, params.head_learning_rate, params.head_epochs, weights, log("head"))
+    compile_fit(model, data["train"], data["val"], params, params.head_learning_rate, params.head_epochs,
+                weights, log("head"))
     if not finetunes(params):
         return
     set_trainable(base, find_cut(base, params.finetune_layers))
-    compile_fit(model, x, y, val, params, params.finetune_learning_rate, params.finetune_epochs, weights, log("finetune"))
+    compile_fit(model, data["train"], data["val"], params, params.finetune_learning_rate, params.finetune_epochs,
+                weights, log("finetune"))
 
 
 def fit_scratch(parts: Parts, data: dict, params: Train, weights, log) -> None:
     """Nothing is pretrained, so nothing is frozen: the whole network trains in one phase."""
     parts.base.trainable = True
-    (x, y), val = data["train"], data["val"]
-    compile_fit(parts.model, x, y, val, params, params.head_learning_rate,
+    compile_fit(parts.model, data["train"], data["val"], params, params.head_learning_rate,
                 params.head_epochs + params.finetune_epochs, weights, log("scratch"))
 
 
 def log_run_params(mlflow, name: str, spec, size: int, params: Train, seed: int, data: dict) -> None:
     resolved = {k: v for k, v in vars(params).items() if k != "architectures"}
     mlflow.log_params({"architecture": name, "weights": spec.weights, "alpha": spec.alpha, "image_size": size,
-                       "seed": seed, "train_images": len(data["train"][1]), "val_images": len(data["val"][1]),
+                       "seed": seed, "train_images": len(data["train"]), "val_images": len(data["val"]),
                        **resolved})
 
 
@@ -163,8 +170,8 @@ def log_validation(mlflow, model, data: dict, classes, out_dir: Path) -> dict:
 
     from pipeline.reporting import confusion, write_confusion_json, write_confusion_png
 
-    xv, yv = data["val"]
-    pred = model.predict(xv, batch_size=CHUNK, verbose=0).argmax(1)
+    yv = data["val"].y
+    pred = predict_rows(lambda x: model.predict_on_batch(x), data["val"]).argmax(1)
     matrix = confusion(yv, pred, len(classes))
     write_confusion_png(matrix, classes, f"{model.name}: validation", out_dir / "val_confusion.png")
     write_confusion_json(yv, pred, classes, out_dir / "val_confusion.json")
@@ -192,9 +199,8 @@ def run(params_path: Path, name: str, inputs: dict[str, Path], out_dir: Path, me
     keras.utils.set_random_seed(base_p.seed)
     tf.config.experimental.enable_op_determinism()
     parts = build_model(name, len(base_p.classes), spec.weights, size, spec.alpha, params.dropout, params.l2, base_p.seed)
-    sets = read_sets(inputs["raw"], inputs["augmented"], inputs["split"], inputs["augmented_csv"], base_p.classes)
-    data = {k: (load_batch(paths, size), y) for k, (paths, y) in sets.items()}
-    weights = class_weights(data["train"][1], len(base_p.classes)) if params.class_weights else None
+    data = read_sets(inputs["raw"], inputs["augmented"], inputs["split"], inputs["augmented_csv"], base_p.classes, size)
+    weights = class_weights(data["train"].y, len(base_p.classes)) if params.class_weights else None
     experiment = tracking.setup(params.experiment)
     lineage = {"data_version": tracking.data_version(), "git_commit": tracking.git_commit()}
     key = tracking.pipeline_key(inputs["split"], inputs["augmented_csv"], params_section=repr(params))
@@ -216,7 +222,7 @@ def run(params_path: Path, name: str, inputs: dict[str, Path], out_dir: Path, me
                    **log_validation(mlflow, parts.model, data, base_p.classes, out_dir)}
         mlflow.log_metrics({k: v for k, v in summary.items() if k != "epochs"})
         mlflow.log_artifact(str(out_dir / "history.csv"))
-        tracking.log_keras_model(parts.model, data["val"][0][:1].astype("float32"))
+        tracking.log_keras_model(parts.model, data["val"].read([0]).astype("float32"))
         info = {"architecture": name, "run_id": child.info.run_id, "parent_run_id": parent.info.run_id,
                 "experiment_id": experiment, "image_size": size, "classes": list(base_p.classes), **lineage}
     (out_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -6,13 +6,15 @@ the suite's thresholds are breached, naming each broken expectation.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.console import progress, quiet
-from pipeline.images import UnusableImage, inspect_image, sha256_file
+from pipeline import pixels
+from pipeline.console import quiet
+from pipeline.images import UnusableImage, sha256_file
 from pipeline.params import Base, Validate, load_section
 
 COLUMNS = ["path", "label", "sha256", "format", "mode", "width", "height", "bytes", "status", "reason"]
@@ -58,8 +60,9 @@ def precheck(rel: Path, classes: tuple[str, ...]) -> str | None:
     return None
 
 
-def describe_file(raw_dir: Path, rel: Path, base: Base, params: Validate) -> dict:
-    """One manifest row: what the file is, and whether it can be used."""
+def describe_file(raw_dir: Path, base: Base, params: Validate, sizes: tuple[int, ...], rel: Path) -> dict:
+    """One manifest row: what the file is, and whether it can be used. A usable image is decoded
+    once and its model inputs kept (pipeline/pixels.py); content seen before is not decoded again."""
     path = raw_dir / rel
     row = dict.fromkeys(COLUMNS, "")
     row.update(path=rel.as_posix(), label=rel.parts[0] if len(rel.parts) > 1 else "",
@@ -68,7 +71,7 @@ def describe_file(raw_dir: Path, rel: Path, base: Base, params: Validate) -> dic
     reason = precheck(rel, base.classes)
     if reason is None:
         try:
-            info = inspect_image(path, params.max_pixels)
+            info = pixels.inspect_cached(pixels.cache_dir(raw_dir), row["sha256"], path, sizes, params.max_pixels)
             row.update(format=info.format, mode=info.mode, width=info.width, height=info.height)
             reason = check_image(info.format, info.width, info.height, params)
         except UnusableImage as err:
@@ -85,9 +88,19 @@ def check_image(fmt: str, width: int, height: int, params: Validate) -> str | No
     return None
 
 
-def build_manifest(raw_dir: Path, base: Base, params: Validate, files: list[Path] | None = None) -> pd.DataFrame:
+def model_sizes(params_path: Path) -> tuple[int, ...]:
+    """Every input size a stage will ask of the pixel cache: each architecture's and label_review's."""
+    from pipeline.models import get_arch
+
+    train, review = load_section("train", params_path), load_section("label_review", params_path)
+    sizes = {spec.image_size or get_arch(name).size for name, spec in train.architectures.items()}
+    return tuple(sorted(sizes | {review.image_size}))
+
+
+def build_manifest(raw_dir: Path, base: Base, params: Validate, files: list[Path] | None = None,
+                   sizes: tuple[int, ...] = ()) -> pd.DataFrame:
     files = list_files(raw_dir) if files is None else files
-    rows = [describe_file(raw_dir, rel, base, params) for rel in progress(files, "validate")]
+    rows = pixels.parallel_map(functools.partial(describe_file, raw_dir, base, params, sizes), files, "validate")
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -122,7 +135,7 @@ def run(params_path: Path, raw_dir: Path, manifest_path: Path, docs_dir: Path, s
     files, versioned = list_files(raw_dir), versioned_files(version_file) if version_file else None
     if versioned is not None:  # the data version that will be recorded is the one used: later arrivals wait
         files = [f for f in files if f.as_posix() in versioned]
-    manifest = labels.apply(build_manifest(raw_dir, base, params, files), decisions)
+    manifest = labels.apply(build_manifest(raw_dir, base, params, files, model_sizes(params_path)), decisions)
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest.to_csv(manifest_path, index=False)
     version = data_version(version_file) if version_file and versioned is not None else "untracked"

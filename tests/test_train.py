@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.models import build_model
 from pipeline.params import load_section
+from pipeline.streams import InMemory
 from pipeline.tracking import History
 from pipeline.train import class_weights, find_cut, fit_cached, fit_plain, fit_scratch
 from tests.conftest import ROOT
@@ -18,7 +19,7 @@ def tiny_data(size=32, n=24, seed=0):
     y = np.arange(n) % 3
     x = rng.uniform(0, 255, (n, size, size, 3)).astype("float32")
     x[..., 0] += y[:, None, None] * 20  # a learnable signal
-    return {"train": (x[: n * 2 // 3], y[: n * 2 // 3]), "val": (x[n * 2 // 3:], y[n * 2 // 3:])}
+    return {"train": InMemory(x[: n * 2 // 3], y[: n * 2 // 3]), "val": InMemory(x[n * 2 // 3:], y[n * 2 // 3:])}
 
 
 TOLERANCE = 1e-5  # cached and plain training agree to this (bit-identical here); fine-tuning moves >= 100x
@@ -56,8 +57,8 @@ def test_cached_training_matches_plain_fit(finetune_layers, keras_home):
     start = {w.path: w.numpy().copy() for w in models[0].model.weights}
     for fit, parts in zip((fit_cached, fit_plain), models):
         keras.utils.set_random_seed(7)
-        fit(parts, data, params, class_weights(data["train"][1], 3), History())
-    cached, plain = (p.model.predict(data["val"][0], verbose=0) for p in models)
+        fit(parts, data, params, class_weights(data["train"].y, 3), History())
+    cached, plain = (p.model.predict(data["val"].x, verbose=0) for p in models)
     np.testing.assert_allclose(cached, plain, atol=TOLERANCE)
     for a, b in zip(models[0].model.weights, models[1].model.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=TOLERANCE, err_msg=a.path)
