@@ -123,7 +123,6 @@ def run(params_path: Path, raw_dir: Path, manifest_path: Path, docs_dir: Path, s
         corrections: Path | None = None, version_file: Path | None = None) -> dict:
     from pipeline import labels
     from pipeline.tracking import data_version
-    from pipeline.expectations import run_suite  # GE is slow to import; keep it off the pure path
 
     base, params = load_section("base", params_path), load_section("validate", params_path)
     if not raw_dir.is_dir():
@@ -139,6 +138,8 @@ def run(params_path: Path, raw_dir: Path, manifest_path: Path, docs_dir: Path, s
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     manifest.to_csv(manifest_path, index=False)
     version = data_version(version_file) if version_file and versioned is not None else "untracked"
+    from pipeline.expectations import run_suite  # GE is slow to import (and after the worker processes fork)
+
     failures = run_suite(manifest, base, params, docs_dir, run_name=f"data-{version.removesuffix('.dir')[:8]}")
     summary = summarize(manifest, base.classes, failures)
     summary["not_in_data_version"] = len(list_files(raw_dir)) - len(files)
