@@ -16,17 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline import augment, dedup, split, validate  # noqa: E402
-from pipeline.images import load_batch  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.params import load_section  # noqa: E402
 from pipeline.tracking import History  # noqa: E402
+from pipeline.streams import images_of, predict_rows  # noqa: E402
 from pipeline.train import class_weights, fit_cached, fit_plain, read_sets  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "isic-skin-9class-180px"
@@ -61,11 +60,11 @@ def one(mode: str, fit, arch: str, spec, data, test, params, base, size) -> dict
     keras.utils.set_random_seed(base.seed)
     parts = build_model(arch, 3, spec.weights, size, spec.alpha, params.dropout, params.l2, base.seed)
     history, start = History(), time.perf_counter()
-    fit(parts, data, params, class_weights(data["train"][1], 3), history)
+    fit(parts, data, params, class_weights(data["train"].y, 3), history)
     seconds = time.perf_counter() - start
-    pred = parts.model.predict(test[0], verbose=0).argmax(1)
+    pred = predict_rows(parts.model.predict_on_batch, test).argmax(1)
     return {"mode": mode, "seconds": round(seconds, 1), "epochs": len(history.rows),
-            "test_balanced_accuracy": round(float(balanced_accuracy_score(test[1], pred)), 4)}
+            "test_balanced_accuracy": round(float(balanced_accuracy_score(test.y, pred)), 4)}
 
 
 def main():
@@ -81,14 +80,11 @@ def main():
         spec = params.architectures[args.arch]
         size = spec.image_size or 224
         out = work / "out"
-        sets = read_sets(work / "raw", out / "aug", out / "split.csv", out / "aug.csv", base.classes)
-        start = time.perf_counter()
-        data = {k: (load_batch(paths, size), y) for k, (paths, y) in sets.items()}
-        tsplit = pd.read_csv(out / "split.csv").query("split == 'test'")
-        test = (load_batch([work / "raw" / q for q in tsplit.path], size),
-                np.array([base.classes.index(c) for c in tsplit.label]))
-        print(f"loaded {len(data['train'][1])} train (incl. augmented), {len(data['val'][1])} val, "
-              f"{len(test[1])} test images in {time.perf_counter() - start:.0f}s; {args.arch} {spec}")
+        data = read_sets(work / "raw", out / "aug", out / "split.csv", out / "aug.csv", base.classes, size)
+        tsplit = pd.read_csv(out / "split.csv", keep_default_na=False).query("split == 'test'")
+        test = images_of(tsplit, work / "raw", base.classes, size)
+        print(f"{len(data['train'])} train (incl. augmented), {len(data['val'])} val, "
+              f"{len(test)} test images (streamed from the pixel cache); {args.arch} {spec}")
         rows = [one("cached (project)", fit_cached, args.arch, spec, data, test, params, base, size),
                 one("plain model.fit", fit_plain, args.arch, spec, data, test, params, base, size)]
     print("\n| training | wall s | epochs | test balanced accuracy |\n|---|---|---|---|")
