@@ -89,11 +89,13 @@ def check_image(fmt: str, width: int, height: int, params: Validate) -> str | No
 
 
 def model_sizes(params_path: Path) -> tuple[int, ...]:
-    """Every input size a stage will ask of the pixel cache: each architecture's and label_review's."""
-    from pipeline.models import get_arch
+    """Every input size a stage will ask of the pixel cache: each architecture's and label_review's.
+    A name the registry lacks is train's to refuse; whatever size is asked later is made on first use."""
+    from pipeline.models import REGISTRY
 
     train, review = load_section("train", params_path), load_section("label_review", params_path)
-    sizes = {spec.image_size or get_arch(name).size for name, spec in train.architectures.items()}
+    sizes = {spec.image_size or REGISTRY[name].size for name, spec in train.architectures.items()
+             if spec.image_size or name in REGISTRY}
     return tuple(sorted(sizes | {review.image_size}))
 
 
