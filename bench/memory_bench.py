@@ -5,7 +5,7 @@ Each measurement runs in a fresh process and reports its peak RSS (ru_maxrss). M
 written straight into a pixel cache (random pixels: memory is about counts, not content), then
 `train.fit_cached` (MobileNetV2 alpha 0.35, ImageNet weights from KERAS_HOME, frozen part cached,
 one head and one fine-tuning epoch) and a prediction pass over the same images run on them.
-Run: `KERAS_HOME=... python bench/memory_bench.py [--counts 2000 20000] [--size 224]`.
+Run: `KERAS_HOME=... python bench/memory_bench.py [--counts 2000 20000] [--size 128]`.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def measure(root: Path, n: int, size: int, mode: str) -> dict:
     import keras
 
     from pipeline.console import quiet
-    from pipeline.models import build_model
+    from pipeline.models import REGISTRY, build_model, keras_cache
     from pipeline.params import load_section
     from pipeline.streams import Images, InMemory, predict_rows
     from pipeline.tracking import History
@@ -57,7 +57,8 @@ def measure(root: Path, n: int, size: int, mode: str) -> dict:
         sets = {k: InMemory(s.read(np.arange(len(s))), s.y) for k, s in sets.items()}
     params = dataclasses.replace(load_section("train", ROOT / "params.yaml"), head_epochs=1, finetune_epochs=1)
     keras.utils.set_random_seed(0)
-    parts = build_model("MobileNetV2", 3, "imagenet", size, 0.35, params.dropout, params.l2, 0)
+    weights = keras_cache() / REGISTRY["MobileNetV2"].weights_file.format(alpha=0.35, size=224)  # any input size
+    parts = build_model("MobileNetV2", 3, str(weights), size, 0.35, params.dropout, params.l2, 0)
     start = time.perf_counter()
     fit_cached(parts, sets, params, None, History())
     probs = predict_rows(parts.model.predict_on_batch, sets["train"])
@@ -69,7 +70,7 @@ def measure(root: Path, n: int, size: int, mode: str) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", type=int, nargs="+", default=[2000, 20000])
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--modes", nargs="+", default=["streamed", "in memory"])
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # root n mode: a single measurement
     args = parser.parse_args()

@@ -129,7 +129,7 @@ def repro(commit: str, raw: Path, tmp: Path) -> dict:
         shutil.copytree(raw, work / "data" / "raw")
         values = yaml.safe_load((work / "params.yaml").read_text())
         values["validate"]["min_images_per_class"] = 2
-        values["augment"]["target_per_class"] = None
+        values["augment"]["target_per_class"] = 40  # above every class: both commits augment
         values["train"].update(head_epochs=3, finetune_epochs=2)
         values["evaluate"]["bootstrap"] = 200
         (work / "params.yaml").write_text(yaml.safe_dump(values))
@@ -160,7 +160,7 @@ def main():
         start = time.perf_counter()
         paths = write_photos(tmp / "raw", args.images)
         print(f"{args.images} photos {SIZE[0]}x{SIZE[1]} (JPEG, HEIC every 5th, MPO every 7th), "
-              f"written in {time.perf_counter() - start:.0f}s\n")
+              f"written in {time.perf_counter() - start:.0f}s\n", flush=True)
         steps_table(paths[: min(len(paths), 30)], tmp)
         stages_table(tmp / "raw", tmp)
         if args.repro:

@@ -75,6 +75,7 @@ def run(params_path: Path, raw_dir: Path, split_path: Path, out_dir: Path, listi
     todo = plan(train, params.target_per_class, base.seed)
     if out_dir.exists():
         shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)  # the stage's output, even when every class is already at its target
     rng = np.random.default_rng(base.seed)
     # variants of the preview (shorter side 320, >= every model size), not of the 12 MP original:
     # a variant is resized to the model's size anyway, and validate already decoded the original once
@@ -90,7 +91,7 @@ def run(params_path: Path, raw_dir: Path, split_path: Path, out_dir: Path, listi
     listing.parent.mkdir(parents=True, exist_ok=True)
     todo.drop(columns="variant").to_csv(listing, index=False)
     return {"train_images": int(len(train)), "augmented": int(len(todo)),
-            "per_class_after": (train.label.value_counts() + todo.label.value_counts()).fillna(0).astype(int).to_dict()}
+            "per_class_after": train.label.value_counts().add(todo.label.value_counts(), fill_value=0).astype(int).to_dict()}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,3 +54,18 @@ def test_stage_augments_train_only_and_is_seeded(tmp_path):
     first = tree_digest(tmp_path / "aug")
     run(params, raw, tmp_path / "split.csv", tmp_path / "aug", tmp_path / "aug.csv")
     assert tree_digest(tmp_path / "aug") == first and tree_digest(raw) == before
+
+
+def test_balanced_train_split_writes_an_empty_output_and_true_counts(tmp_path):
+    """Nothing to top up: the output folder still exists (DVC requires it) and the counts are the real ones."""
+    raw = tmp_path / "raw"
+    rows = []
+    for i, label in enumerate(["normal", "cancer"] * 3):
+        (raw / label).mkdir(parents=True, exist_ok=True)
+        noise_image(i).save(raw / label / f"{i}.png")
+        rows.append({"path": f"{label}/{i}.png", "label": label, "group_id": f"g{i}", "split": "train"})
+    pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
+    params = shrink_params(tmp_path, augment={"target_per_class": None})
+    summary = run(params, raw, tmp_path / "split.csv", tmp_path / "aug", tmp_path / "aug.csv")
+    assert summary["augmented"] == 0 and summary["per_class_after"] == {"normal": 3, "cancer": 3}
+    assert (tmp_path / "aug").is_dir() and len(pd.read_csv(tmp_path / "aug.csv")) == 0
