@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.console import progress
 
 
 @dataclass(frozen=True)
@@ -186,11 +185,3 @@ def resize_rgb(image: Image.Image | list, size: int) -> np.ndarray:
 def model_input(source: Path | bytes, size: int) -> np.ndarray:
     """One image as the model takes it: RGB, 0..255, resized as RESIZE_CONTRACT says."""
     return resize_rgb(load_rgb(source), size)
-
-
-def load_batch(paths: list[Path], size: int) -> np.ndarray:
-    """uint8 array (n, size, size, 3): the model's input contract."""
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
-    for i, path in enumerate(progress(paths, f"reading {len(paths)} images")):
-        out[i] = model_input(path, size)
-    return out

@@ -1,6 +1,4 @@
 """Decode once: validate keeps each content's model inputs; later stages and data versions read them."""
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
