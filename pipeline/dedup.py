@@ -42,7 +42,7 @@ def hash_image(image, kind: str, size: int) -> int:
 def compute_hash(path: Path, kind: str, size: int) -> int:
     """The hash dedup gives a file: of its preview (pipeline/pixels.py; a hash looks at a 32x32 or
     smaller thumbnail, so the preview's 320 px serve it). Every image is hashed from its preview."""
-    return hash_image(make_preview(load_rgb(path)), kind, size)
+    return hash_image(make_preview(load_rgb(path, min_side=PREVIEW_SIDE)), kind, size)
 
 
 def hash_contents(paths_by_sha: dict[str, Path], params: Dedup, cache: dict[str, str],

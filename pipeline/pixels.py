@@ -1,19 +1,22 @@
 """Decode once: the model-ready pixels of every image, cached by content (sha256).
 
-A 12 MP phone JPEG takes ~55 ms to decode and ~75 ms per model size to resize as the input
-contract says (bilinear with antialiasing, in float), and every stage used to do that again:
-augment, train and evaluate per architecture, export, register, label_review, Grad-CAM.
-`validate` now decodes each new content once, in parallel over the machine's cores, and keeps:
+A 12 MP phone JPEG took ~60 ms to decode and ~60 ms per model size to resize, and every stage
+did that again: augment, train and evaluate per architecture, export, register, label_review,
+Grad-CAM. `validate` now decodes each new content once, in parallel over the machine's cores
+(a large JPEG at a DCT scale, as the input contract in `images.RESIZE_CONTRACT` says), and keeps:
 - the model input at every configured size (`train.architectures`, `label_review.image_size`),
-  exactly as `images.model_input` makes it: what serving and the mobile app compute from the
-  original. (One intermediate size for all architectures would be cheaper, but a 4000x3000 ->
+  exactly as `images.model_input` makes it from the original: what serving and the mobile app
+  compute. (One intermediate size for all architectures would be simpler, but a 4000x3000 ->
   S -> 224 resize is not the 4000x3000 -> 224 one serving does: models would train on other
   pixels than they are served.) A size nobody cached yet is made on first use.
-- a preview (aspect kept, shorter side PREVIEW_SIDE) for what needs no exact pixels: dedup's
-  perceptual hash, augmentation, contact sheets and Grad-CAM overlays;
+- a preview (aspect kept, shorter side PREVIEW_SIDE, from the file decoded with its shorter side
+  >= PREVIEW_SIDE) for what needs no exact pixels: dedup's perceptual hash, augmentation,
+  contact sheets and Grad-CAM overlays;
 - what validate learnt of the file (format, mode, oriented size), so an unchanged image is never
   decoded again in a later data version.
-Files are keyed by content and by a digest of the resize contract, written atomically (a
+The sizes the preview's decode serves are resized from it (on a 12 MP photo all of them: 1/8
+scale keeps 375 px); a size that needs a finer DCT scale gets its own decode.
+Files are keyed by content and by a digest of the input contract, written atomically (a
 crashed or parallel writer never leaves half a file), and never need invalidating: a new
 contract writes beside the old. The folder is a cache like Keras': not versioned by DVC; it
 lives beside `data/raw` (`data/pixels/`) unless PIXEL_CACHE names another (e.g. a shared disk).
@@ -32,8 +35,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.console import progress
-from pipeline.images import (BACKGROUND, RESIZE_CONTRACT, ImageInfo, UnusableImage, decode, describe,
-                             float_bands, model_input, resize_rgb)
+from pipeline.images import (BACKGROUND, RESIZE_CONTRACT, ImageInfo, UnusableImage, dct_scale, decode,
+                             describe, float_bands, load_rgb, model_input, resize_rgb)
 
 PREVIEW_SIDE = 320  # >= every model size, so augmented images are never upsampled
 VERSION = "v1-" + hashlib.sha256(json.dumps([RESIZE_CONTRACT, BACKGROUND, PREVIEW_SIDE],
@@ -67,12 +70,19 @@ def make_preview(rgb: Image.Image) -> Image.Image:
 
 def store(root: Path, sha: str, source: Path, sizes: tuple[int, ...], max_pixels: int) -> ImageInfo:
     """Decode `source` once; write its info, preview and the model inputs it lacks. Raises UnusableImage."""
-    info, rgb = describe(decode(source, max_pixels))
-    bands = float_bands(rgb)  # once for every size
+    image, stored = decode(source, max_pixels, min_side=PREVIEW_SIDE)
+    info, rgb = describe(image, stored)
+    scale, bands = dct_scale(info.format, *stored, PREVIEW_SIDE), None
     for size in sizes:
         target = _file(root, str(size), sha, ".npy")
-        if not target.is_file():
-            _write(target, lambda f, a=resize_rgb(bands, size): np.save(f, a))
+        if target.is_file():
+            continue
+        if dct_scale(info.format, *stored, size) == scale:  # the same decode as the preview's
+            bands = bands or float_bands(rgb)  # once for every size
+            array = resize_rgb(bands, size)
+        else:
+            array = model_input(source, size)
+        _write(target, lambda f, a=array: np.save(f, a))
     _write(_file(root, "preview", sha, ".png"), lambda f: make_preview(rgb).save(f, format="PNG", compress_level=1))
     _write(_file(root, "info", sha, ".json"), lambda f: f.write(json.dumps(asdict(info)).encode()))
     return info
@@ -112,16 +122,14 @@ def model_array(root: Path, sha: str, source: Path, size: int) -> np.ndarray:
 
 def preview(root: Path, sha: str, source: Path) -> Image.Image:
     """The preview of one content (RGB), made from the original when missing."""
-    from pipeline.images import load_rgb
-
     if not sha:
-        return make_preview(load_rgb(source))
+        return make_preview(load_rgb(source, min_side=PREVIEW_SIDE))
     target = _file(root, "preview", sha, ".png")
     try:
         with Image.open(target) as image:
             return image.convert("RGB")
     except (FileNotFoundError, OSError):
-        image = make_preview(load_rgb(source))
+        image = make_preview(load_rgb(source, min_side=PREVIEW_SIDE))
         _write(target, lambda f: image.save(f, format="PNG", compress_level=1))
         return image
 

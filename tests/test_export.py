@@ -18,6 +18,7 @@ def contract_images(folder):
     stripes[:, ::2] = 255
     stripes[::3, :, 1] = 128
     images = {"stripes.png": Image.fromarray(stripes), "photo.jpg": noise_image(1, (3000, 2000)),
+              "wide.jpg": noise_image(5, (2000, 1000)), "jpeg_small.jpg": noise_image(6, (400, 300)),
               "small.png": noise_image(2, (300, 260)), "tiny.png": noise_image(3, (150, 120)),
               "odd.png": noise_image(4, (97, 301))}
     for name, image in images.items():
@@ -25,12 +26,25 @@ def contract_images(folder):
     return [folder / name for name in images]
 
 
+def tf_decode(path, resize: dict) -> np.ndarray:
+    """The decode the metadata states, with TensorFlow's own JPEG decoder (not Pillow)."""
+    import tensorflow as tf
+
+    if path.suffix != ".jpg":
+        return np.asarray(load_rgb(path))  # no DCT: decoded at full size (the test images carry no EXIF)
+    assert "8, 4, 2" in resize["decode"] and "shorter_side // s >= size" in resize["decode"]
+    data = path.read_bytes()
+    shorter = int(min(tf.image.extract_jpeg_shape(data).numpy()[:2]))
+    ratio = next((s for s in (8, 4, 2) if shorter // s >= SIZE), 1)
+    return tf.io.decode_jpeg(data, channels=3, ratio=ratio, dct_method="INTEGER_ACCURATE").numpy()
+
+
 def tf_resize(path, resize: dict) -> np.ndarray:
     """An independent implementation, driven only by the metadata's words."""
     import tensorflow as tf
 
     assert resize["half_pixel_centers"]  # tf.image.resize always uses half-pixel centres
-    out = tf.image.resize(np.asarray(load_rgb(path))[None].astype("float32"), (SIZE, SIZE),
+    out = tf.image.resize(tf_decode(path, resize)[None].astype("float32"), (SIZE, SIZE),
                           method=resize["method"], antialias=resize["antialias"])[0].numpy()
     return np.clip(np.round(out), 0, 255)
 

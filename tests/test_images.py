@@ -161,4 +161,9 @@ def test_reduced_decode_keeps_the_shorter_side_at_least_min_side(tmp_path):
     small = load_rgb(tmp_path / "a.jpg", min_side=256)
     assert small.size == (750, 500)  # 1/4 scale in the DCT: 1/8 would leave 250 < 256
     assert load_rgb(tmp_path / "a.png", min_side=256).size == (3000, 2000)  # only JPEG has a DCT
+    assert load_rgb(tmp_path / "a.jpg", min_side=250).size == (375, 250)  # 2000 // 8 = 250: 1/8 is enough
+    assert load_rgb(tmp_path / "a.jpg", min_side=1001).size == (3000, 2000)  # 2000 // 2 < 1001: full size
+    odd = noise_image(8, (4001, 3001))
+    odd.save(tmp_path / "odd.jpg", quality=90)
+    assert load_rgb(tmp_path / "odd.jpg", min_side=375).size == (501, 376)  # 3001 // 8 = 375: 1/8, sizes round up
 

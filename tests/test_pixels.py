@@ -44,6 +44,18 @@ def test_validate_keeps_the_exact_model_input_of_every_configured_size(tmp_path,
     assert not list(root.rglob("*.tmp"))
 
 
+def test_sizes_that_need_another_dct_scale_than_the_preview_are_still_exact(tmp_path):
+    """2600x2000 JPEG: the preview (>= 320) decodes at 1/4; 224 and 128 need 1/8, 400 shares 1/4."""
+    noise_image(5, (2600, 2000)).save(tmp_path / "a.jpg", quality=90)
+    root = tmp_path / "cache"
+    info = pixels.store(root, "ab" * 32, tmp_path / "a.jpg", (128, 224, 400), 40_000_000)
+    assert (info.format, info.width, info.height) == ("JPEG", 2600, 2000)
+    for size in (128, 224, 400):
+        np.testing.assert_array_equal(pixels.model_array(root, "ab" * 32, tmp_path / "nowhere.jpg", size),
+                                      model_input(tmp_path / "a.jpg", size))
+    assert pixels.preview(root, "ab" * 32, tmp_path / "nowhere.jpg").size == (416, 320)
+
+
 def test_content_seen_before_is_never_decoded_again(tmp_path, params, monkeypatch):
     """A later data version (a file renamed, moved to another class, copied) costs no decode."""
     raw = make_raw(tmp_path / "raw")
