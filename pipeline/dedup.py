@@ -26,7 +26,7 @@ from scipy.sparse.csgraph import connected_components
 from pipeline.console import progress, quiet
 from pipeline.hamming import near_pairs
 from pipeline.images import load_rgb
-from pipeline.pixels import PREVIEW_SIDE, cache_dir, make_preview, preview
+from pipeline.pixels import PREVIEW_SIDE, VERSION, cache_dir, make_preview, preview
 from pipeline.params import Dedup, load_section
 
 HASHES = {"phash": imagehash.phash, "dhash": imagehash.dhash,
@@ -49,7 +49,8 @@ def hash_contents(paths_by_sha: dict[str, Path], params: Dedup, cache: dict[str,
                   pixel_cache: Path) -> tuple[dict[str, int], int]:
     """Hash every distinct content once, reusing `cache` (updated in place). Returns hashes and how many were new.
     Hashes are of the preview validate kept (made from the original when it is missing)."""
-    prefix, fresh, hashes = f"{params.hash}:{params.hash_size}:preview{PREVIEW_SIDE}:", 0, {}
+    # the pixel cache's version names how previews are made: a new input contract hashes again
+    prefix, fresh, hashes = f"{params.hash}:{params.hash_size}:preview-{VERSION}:", 0, {}
     for sha, path in progress(paths_by_sha.items(), "dedup: hashing", len(paths_by_sha)):
         key = prefix + sha
         if key not in cache:
