@@ -21,6 +21,9 @@ SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# flows run without PREFECT_API_URL start Prefect's ephemeral server; its default 20 s start-up
+# limit was missed once on 2 busy cores (tests/test_flows.py, kills while training runs)
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # scratch copies of the project validate too: they use this checkout's Data Docs assets (make install)
 os.environ.setdefault("DATADOCS_ASSETS", str(ROOT / ".vendor" / "datadocs"))
 # never a developer's running stack (.stack/env): the stack tests start their own and set STACK_DIR
