@@ -25,8 +25,7 @@ from scipy.sparse.csgraph import connected_components
 
 from pipeline.console import progress, quiet
 from pipeline.hamming import near_pairs
-from pipeline.images import load_rgb
-from pipeline.pixels import PREVIEW_SIDE, VERSION, cache_dir, make_preview, preview
+from pipeline.pixels import VERSION, cache_dir, preview, preview_of
 from pipeline.params import Dedup, load_section
 
 HASHES = {"phash": imagehash.phash, "dhash": imagehash.dhash,
@@ -42,7 +41,7 @@ def hash_image(image, kind: str, size: int) -> int:
 def compute_hash(path: Path, kind: str, size: int) -> int:
     """The hash dedup gives a file: of its preview (pipeline/pixels.py; a hash looks at a 32x32 or
     smaller thumbnail, so the preview's 320 px serve it). Every image is hashed from its preview."""
-    return hash_image(make_preview(load_rgb(path, min_side=PREVIEW_SIDE)), kind, size)
+    return hash_image(preview_of(path), kind, size)
 
 
 def hash_contents(paths_by_sha: dict[str, Path], params: Dedup, cache: dict[str, str],

@@ -68,6 +68,11 @@ def make_preview(rgb: Image.Image) -> Image.Image:
     return rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
 
 
+def preview_of(source: Path) -> Image.Image:
+    """The preview made from the original (decoded with its shorter side >= PREVIEW_SIDE)."""
+    return make_preview(load_rgb(source, min_side=PREVIEW_SIDE))
+
+
 def store(root: Path, sha: str, source: Path, sizes: tuple[int, ...], max_pixels: int) -> ImageInfo:
     """Decode `source` once; write its info, preview and the model inputs it lacks. Raises UnusableImage."""
     image, stored = decode(source, max_pixels, min_side=PREVIEW_SIDE)
@@ -123,13 +128,13 @@ def model_array(root: Path, sha: str, source: Path, size: int) -> np.ndarray:
 def preview(root: Path, sha: str, source: Path) -> Image.Image:
     """The preview of one content (RGB), made from the original when missing."""
     if not sha:
-        return make_preview(load_rgb(source, min_side=PREVIEW_SIDE))
+        return preview_of(source)
     target = _file(root, "preview", sha, ".png")
     try:
         with Image.open(target) as image:
             return image.convert("RGB")
     except (FileNotFoundError, OSError):
-        image = make_preview(load_rgb(source, min_side=PREVIEW_SIDE))
+        image = preview_of(source)
         _write(target, lambda f: image.save(f, format="PNG", compress_level=1))
         return image
 
