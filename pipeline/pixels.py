@@ -77,17 +77,16 @@ def store(root: Path, sha: str, source: Path, sizes: tuple[int, ...], max_pixels
     """Decode `source` once; write its info, preview and the model inputs it lacks. Raises UnusableImage."""
     image, stored = decode(source, max_pixels, min_side=PREVIEW_SIDE)
     info, rgb = describe(image, stored)
-    scale, bands = dct_scale(info.format, *stored, PREVIEW_SIDE), None
+    bands = {}  # DCT scale -> float bands of that decode; the preview's decode is reused
     for size in sizes:
         target = _file(root, str(size), sha, ".npy")
         if target.is_file():
             continue
-        if dct_scale(info.format, *stored, size) == scale:  # the same decode as the preview's
-            bands = bands or float_bands(rgb)  # once for every size
-            array = resize_rgb(bands, size)
-        else:
-            array = model_input(source, size)
-        _write(target, lambda f, a=array: np.save(f, a))
+        scale = dct_scale(info.format, *stored, size)
+        if scale not in bands:
+            same = scale == dct_scale(info.format, *stored, PREVIEW_SIDE)
+            bands[scale] = float_bands(rgb if same else describe(*decode(source, max_pixels, min_side=size))[1])
+        _write(target, lambda f, a=resize_rgb(bands[scale], size): np.save(f, a))
     _write(_file(root, "preview", sha, ".png"), lambda f: make_preview(rgb).save(f, format="PNG", compress_level=1))
     _write(_file(root, "info", sha, ".json"), lambda f: f.write(json.dumps(asdict(info)).encode()))
     return info
