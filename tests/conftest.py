@@ -21,6 +21,7 @@ SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # also prefect_test_harness's server
 # flows run without PREFECT_API_URL start Prefect's ephemeral server; its default 20 s start-up
 # limit was missed once on 2 busy cores (tests/test_flows.py, kills while training runs)
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -178,4 +179,19 @@ def prefect_server_at(home: Path):
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "DO_NOT_TRACK": "1"}
     with server([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                 f"http://127.0.0.1:{port}/api/health", "the Prefect server", env):
-        yield {**os.environ, **env}
+        try:
+            yield {**os.environ, **env}
+        finally:
+            drain_prefect_clients()
+
+
+def drain_prefect_clients() -> None:
+    """Send this process's queued Prefect logs and events while their server still runs. Left queued,
+    the next flow in this process (e.g. under prefect_test_harness) spends ~65 s retrying a dead server."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all()
+    EventsWorker.drain_all()

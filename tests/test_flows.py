@@ -78,11 +78,11 @@ def test_waits_while_files_are_still_arriving(workspace):
     assert not (workspace / "data" / "raw.dvc").exists()  # nothing was versioned or run
 
 
-def set_flow(root: Path, **values) -> None:
+def set_params(root: Path, section: str, **values) -> None:
     import yaml
 
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["flow"].update(values)
+    params[section].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -130,13 +130,15 @@ def test_retraining_loop_survives_kills_and_finishes_what_a_failed_run_left(work
     from flows.retrain import retrain
 
     client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
-    set_flow(workspace, push=False, commit=False)
+    # one small architecture: this test is about recovery, and it trains three times
+    set_params(workspace, "train", architectures={"SmallCNN": {"weights": "none", "image_size": 32}})
+    set_params(workspace, "flow", push=False, commit=False)
     with prefect_test_harness():
         first = retrain(str(workspace))
         assert first["status"] == "trained", first
         assert champion_version(client) == "1" and "retrain: data" not in git(workspace, "log", "--format=%s")
 
-        set_flow(workspace, push=True, commit=True)
+        set_params(workspace, "flow", push=True, commit=True)
         hook = workspace / ".git" / "hooks" / "pre-commit"
         hook.write_text("#!/bin/sh\necho 'commit refused by a hook' >&2\nexit 1\n")
         hook.chmod(0o755)
