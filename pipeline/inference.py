@@ -132,6 +132,7 @@ def classify(classifier: Classifier, items: list) -> list[dict]:
 
 
 try:
+    import pandas as pd
     from mlflow.pyfunc import PythonModel
 except ImportError:  # pragma: no cover - mlflow is a dependency; this keeps the module importable alone
     PythonModel = object
@@ -147,9 +148,8 @@ class ImageClassifier(PythonModel):
     def load_context(self, context):
         self.classifier = from_artifacts(context.artifacts)
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    # the DataFrame hint tells MLflow there is no schema to infer from it (without a hint it warns)
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         rows = []
         for r in classify(self.classifier, list(model_input["image"])):
             probs = r["probabilities"] or {}

@@ -195,3 +195,10 @@ def drain_prefect_clients() -> None:
 
     APILogWorker.drain_all()
     EventsWorker.drain_all()
+
+
+def pytest_collection_modifyitems(items):
+    """Modules with slow tests first: under `make test` (pytest-xdist, whole modules per worker) the
+    longest modules start at once instead of one of them running alone at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: order within a module is kept

@@ -55,3 +55,11 @@ def test_progress_draws_a_bar_on_a_terminal(monkeypatch):
     monkeypatch.setattr(sys, "stderr", terminal)
     assert list(progress(range(3), "work")) == [0, 1, 2]
     assert "work" in terminal.getvalue()
+
+
+def test_the_served_model_class_imports_without_warnings():
+    """Deployment imports pipeline.inference on its own (no quiet()): MLflow warned there about a
+    `predict` without type hints."""
+    done = subprocess.run([sys.executable, "-W", "default", "-c", "import pipeline.inference"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
