@@ -59,7 +59,7 @@ test-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(APT) postgresql >/dev/null; }
 
 # two pytest processes, whole modules each: most of a test's time is waiting on servers and stage
-# subprocesses, so two side by side use the 2 cores that one leaves idle about half the time
+# subprocesses, so two side by side use the cores that one leaves idle more than half the time
 TEST_WORKERS ?= 2
 test: install test-deps
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
