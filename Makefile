@@ -17,7 +17,7 @@ export KERAS_HOME ?= $(CURDIR)/.keras
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT  := $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends
 
-.PHONY: install demo test test-deps bench clean-demo stack stack-down
+.PHONY: install demo test test-deps bench stack stack-down
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }

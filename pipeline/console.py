@@ -2,7 +2,8 @@
 
 The Prefect task log keeps the last 3,000 characters of a stage's output, and TensorFlow's and
 MLflow's start-up lines (absl's "All log messages before absl::InitializeLog()", the oneDNN
-notice, retracing warnings, MLflow's pickling and type-hint warnings) used to fill it.
+notice, retracing warnings, MLflow's pickling and type-hint warnings, TFLite's "Created ... XNNPACK
+delegate" line) used to fill it.
 `quiet()` switches them off where they are made; `progress()` draws a bar on stderr only when
 stderr is a terminal, so logs and CI output never carry it.
 """
@@ -25,7 +26,7 @@ def quiet(tensorflow: bool = False) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow\.")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # "N out of the last M calls ... retracing"
     if tensorflow and "tensorflow" not in sys.modules:
-        with _stderr_silenced():  # absl writes these to fd 2 before TF_CPP_MIN_LOG_LEVEL applies
+        with stderr_silenced():  # absl writes these to fd 2 before TF_CPP_MIN_LOG_LEVEL applies
             import tensorflow as tf
         tf.get_logger().setLevel(logging.ERROR)
         import absl.logging
@@ -33,8 +34,9 @@ def quiet(tensorflow: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def _stderr_silenced():
-    """File descriptor 2 to /dev/null for the block (C++ writes bypass sys.stderr)."""
+def stderr_silenced():
+    """File descriptor 2 to /dev/null for the block (C++ writes bypass sys.stderr). Only around a
+    call whose failures raise Python exceptions: those are printed after the block."""
     sys.stderr.flush()
     saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 2)

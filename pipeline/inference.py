@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.console import stderr_silenced
 from pipeline.images import UnusableImage, model_input
 
 
@@ -32,7 +33,8 @@ class TFLiteModel:
 
         kwargs = {"model_content": source} if isinstance(source, bytes) else {"model_path": str(source)}
         self.interpreter = Interpreter(num_threads=threads, **kwargs)
-        self.interpreter.allocate_tensors()
+        with stderr_silenced():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
 

@@ -112,14 +112,19 @@ class History:
 
 
 def log_keras_model(model, sample) -> None:
-    """The Keras model with its signature and an input example, as `model` in the active run."""
+    """The Keras model with its signature (inferred from `sample`), as `model` in the active run."""
     import keras
     import mlflow
+    import numpy as np
     import tensorflow as tf
     from mlflow.models import infer_signature
 
-    signature = infer_signature(sample, model.predict(sample, verbose=0))
+    # predict_on_batch, not predict: under train's op determinism, predict's tf.data pipeline makes
+    # TensorFlow print "E0000 ... use_unbounded_threadpool" (its parallel map rewritten to a plain one)
+    signature = infer_signature(sample, np.asarray(model.predict_on_batch(sample)))
     # mlflow.keras.log_model writes the input example before creating its folder (MLflow 3.17): use the
-    # tensorflow flavor, which saves Keras 3 models in the same .keras format.
-    mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=sample,
+    # tensorflow flavor, which saves Keras 3 models in the same .keras format. No input example: with
+    # one, MLflow reloads the model and predicts again (a progress bar and that E0000 line in the log)
+    # only to log a warning if it fails. The served model (register) carries one.
+    mlflow.tensorflow.log_model(model, name="model", signature=signature,
                                 pip_requirements=[f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}"])

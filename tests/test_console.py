@@ -63,3 +63,33 @@ def test_the_served_model_class_imports_without_warnings():
     done = subprocess.run([sys.executable, "-W", "default", "-c", "import pipeline.inference"], capture_output=True,
                           text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+
+
+STAGE_CALLS = """
+import sys
+from pipeline.console import quiet
+quiet(tensorflow=True)
+import keras, mlflow, numpy as np, tensorflow as tf
+from pipeline import export, inference, tracking
+tf.config.experimental.enable_op_determinism()  # as train does
+inputs = keras.Input((8, 8, 3))
+model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs)))
+mlflow.set_tracking_uri(sys.argv[1])
+with mlflow.start_run():
+    tracking.log_keras_model(model, np.zeros((2, 8, 8, 3), np.float32))
+tflite = inference.TFLiteModel(export.convert(model, ("float32",))["float32"])
+assert tflite.predict(np.zeros((1, 8, 8, 3), np.float32)).shape == (1, 3)
+print("stage: the summary line")
+"""
+
+
+def test_logging_a_model_and_running_tflite_print_nothing(tmp_path):
+    """train's model logging under op determinism (TensorFlow's "E0000 ... use_unbounded_threadpool",
+    a Keras progress bar from MLflow's re-predict) and LiteRT's XNNPACK line, as export and register
+    run them."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_LOGGING_LEVEL")}
+    done = subprocess.run([sys.executable, "-c", STAGE_CALLS, f"sqlite:///{tmp_path / 'mlflow.db'}"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "stage: the summary line", done.stdout[-3000:]
+    assert not [n for n in ("use_unbounded_threadpool", "XNNPACK", "━") if n in done.stderr], done.stderr[-3000:]
