@@ -21,10 +21,11 @@ print("stage: the summary line")
 """
 
 
-def run_script(mode: str) -> subprocess.CompletedProcess:
+def run_script(mode: str, script: str = SCRIPT, cwd=ROOT) -> subprocess.CompletedProcess:
+    """`script` in a fresh process without the quieting variables a developer's shell may set."""
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_LOGGING_LEVEL")}
-    return subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)})
+    return subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)})
 
 
 def test_tensorflow_start_up_noise_is_silenced_at_its_source():
@@ -87,9 +88,7 @@ def test_logging_a_model_and_running_tflite_print_nothing(tmp_path):
     """train's model logging under op determinism (TensorFlow's "E0000 ... use_unbounded_threadpool",
     a Keras progress bar from MLflow's re-predict) and LiteRT's XNNPACK line, as export and register
     run them."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "MLFLOW_LOGGING_LEVEL")}
-    done = subprocess.run([sys.executable, "-c", STAGE_CALLS, f"sqlite:///{tmp_path / 'mlflow.db'}"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)})
+    done = run_script(f"sqlite:///{tmp_path / 'mlflow.db'}", STAGE_CALLS, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "stage: the summary line", done.stdout[-3000:]
     assert not [n for n in ("use_unbounded_threadpool", "XNNPACK", "━") if n in done.stderr], done.stderr[-3000:]
