@@ -2,7 +2,7 @@
 
 Simulated paired test splits (3 classes; duplicate groups of 1-3 images that are mostly right or
 wrong together; two models that agree on most images) are scored by a champion and a challenger
-with a known true difference in balanced accuracy, and `pipeline.stats.paired_comparison`
+with a known true difference in balanced accuracy, and `pipeline.paired.paired_comparison`
 decides. Reported: the false-promotion rate (equal skill under superiority; worse by exactly the
 margin under non-inferiority; both must stay <= 1 - confidence) and the power at +0.05 and +0.10.
 A plain percentile group bootstrap is run on the same splits for comparison.
@@ -19,7 +19,9 @@ from scipy.stats import binom
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.stats import group_resample_weights, metric_values, paired_comparison  # noqa: E402
+from pipeline.intervals import group_resample_weights  # noqa: E402
+from pipeline.metrics import metric_values  # noqa: E402
+from pipeline.paired import paired_comparison  # noqa: E402
 
 CLASSES = ["normal", "precancer", "cancer"]
 OLD = np.array([0.80, 0.70, 0.75])  # champion's per-class recall: balanced accuracy 0.75

@@ -3,7 +3,7 @@
 Predictions: out-of-fold probabilities of a linear head on frozen MobileNetV2 features (the
 label_review stage's functions, folds by duplicate group), over the set's 3-way labels and the
 project's own dedup groups. Test splits of the sizes this project sees are drawn by group,
-stratified by class, and `pipeline.stats.interval` is computed twice on each: with the dedup
+stratified by class, and `pipeline.intervals.interval` is computed twice on each: with the dedup
 groups (what evaluate reports) and with every image as its own group (what an image bootstrap
 assumes). Prints a markdown table of mean widths.
 """
@@ -24,9 +24,10 @@ os.environ.setdefault("KERAS_HOME", str(ROOT.parent / "shared" / "weights" / "ke
 
 from label_review_isic import SHARED, build_split  # noqa: E402
 
-from pipeline import stats  # noqa: E402
+from pipeline.intervals import interval  # noqa: E402
 from pipeline.label_review import extract_features, feature_extractor, grouped_folds, out_of_fold_probabilities  # noqa: E402
-from pipeline.params import load_section  # noqa: E402
+from pipeline.metrics import scores  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
 
 CLASSES = ["benign", "precancer", "cancer"]
 
@@ -50,11 +51,11 @@ def main() -> None:
     table = table[~table.conflict & (table.duplicate_of == "")].reset_index(drop=True)  # what split.csv holds
     y, groups = np.array([CLASSES.index(c) for c in table.label]), table.group_id.to_numpy()
     start = time.perf_counter()
-    params = load_section("label_review", ROOT / "params.yaml")
+    params = load_params(ROOT / "params.yaml").label_review
     features, _ = extract_features(feature_extractor(params), [SHARED / p for p in table.path], params.image_size)
     probs, _ = out_of_fold_probabilities(features, y, grouped_folds(y, groups, 5, 0), len(CLASSES), 0)
     print(f"{len(table)} images in {len(set(groups))} dedup groups; features + out-of-fold head in "
-          f"{time.perf_counter() - start:.0f} s; balanced accuracy {stats.scores(y, probs, CLASSES, ['cancer'], 10)['balanced_accuracy']:.3f}")
+          f"{time.perf_counter() - start:.0f} s; balanced accuracy {scores(y, probs, CLASSES, ['cancer'], 10)['balanced_accuracy']:.3f}")
     print("| test share | images (mean) | groups (mean) | metric | width by group | width by image | ratio |")
     print("|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
@@ -63,8 +64,8 @@ def main() -> None:
             rows = []
             for _ in range(args.splits):
                 idx = draw_test(groups, y, share, rng)
-                g = stats.interval(metric, y[idx], probs[idx], groups[idx], CLASSES, args.resamples, 0)
-                i = stats.interval(metric, y[idx], probs[idx], np.arange(len(idx)), CLASSES, args.resamples, 0)
+                g = interval(metric, y[idx], probs[idx], groups[idx], CLASSES, args.resamples, 0)
+                i = interval(metric, y[idx], probs[idx], np.arange(len(idx)), CLASSES, args.resamples, 0)
                 rows.append((len(idx), len(set(groups[idx])), g["high"] - g["low"], i["high"] - i["low"]))
             n, k, wg, wi = np.mean(rows, axis=0)
             print(f"| {share:.0%} | {n:.0f} | {k:.0f} | {metric} | {wg:.3f} | {wi:.3f} | {wg / wi:.2f} |")

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline.dedup import build_groups, group_contents, hash_contents  # noqa: E402
 from pipeline.images import sha256_file  # noqa: E402
-from pipeline.label_review import run  # noqa: E402
-from pipeline.params import load_section  # noqa: E402
+from pipeline.label_review import Inputs, Outputs, run  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets" / "isic-skin-9class-180px"
 os.environ.setdefault("KERAS_HOME", str(ROOT.parent / "shared" / "weights" / "keras"))  # offline ImageNet weights
@@ -42,7 +42,7 @@ def build_split(dataset: Path, grouping: str, groups: str) -> pd.DataFrame:
             for p in sorted(dataset.glob("*/*/*.jpg"))]
     table = pd.DataFrame(rows)
     table["label"] = table.folder_class.map(THREE_WAY) if grouping == "3way" else table.folder_class
-    params = load_section("dedup", ROOT / "params.yaml")
+    params = load_params(ROOT / "params.yaml").dedup
     hashes, _ = hash_contents(dict(zip(table.sha256, (dataset / p for p in table.path))), params, {})
     group_of, copies_of = group_contents(hashes, params.max_distance, params.hash_size ** 2,
                                          params.conflict_max_distance)
@@ -83,13 +83,14 @@ def main() -> None:
     classes = ["benign", "precancer", "cancer"] if args.grouping == "3way" else sorted(THREE_WAY)
     positive = ["cancer", "precancer"] if args.grouping == "3way" else ["melanoma", "basal cell carcinoma"]
     params["base"].update(classes=classes, positive_classes=positive)
+    params["register"]["min_sensitivity"] = {c: 0.0 for c in positive}  # must name classes (register does not run)
     (args.work / "params.yaml").write_text(yaml.safe_dump(params))
     print(f"{len(table)} images, {table.group_id.nunique()} groups ({args.groups}); label_review: "
           f"{json.dumps(params['label_review'])}")
     start = time.perf_counter()
-    summary = run(args.work / "params.yaml", args.dataset, args.work / "split.csv",
-                  {"out": args.work / "label_issues.csv", "sheet": args.work / "label_issues.png",
-                   "report": args.work / "label_review.json"})
+    summary = run(load_params(args.work / "params.yaml"), Inputs(args.dataset, args.work / "split.csv"),
+                  Outputs(out=args.work / "label_issues.csv", sheet=args.work / "label_issues.png",
+                          report=args.work / "label_review.json"))
     print(json.dumps({k: v for k, v in summary.items() if k != "not_checked"}, indent=2))
     print(conflict_check(table, pd.read_csv(args.work / "label_issues.csv")))
     print(f"not checked: {len(summary['not_checked']['unreadable'])} unreadable, "

@@ -42,8 +42,8 @@ def measure(root: Path, n: int, size: int, mode: str) -> dict:
     import keras
 
     from pipeline.console import quiet
-    from pipeline.models import REGISTRY, build_model, keras_cache
-    from pipeline.params import load_section
+    from pipeline.models import ARCHITECTURES, build_model, keras_cache
+    from pipeline.params import load_params
     from pipeline.streams import Images, InMemory, predict_rows
     from pipeline.tracking import History
     from pipeline.train import fit_cached
@@ -55,9 +55,9 @@ def measure(root: Path, n: int, size: int, mode: str) -> dict:
             "val": Images([Path("-")] * (n // 4), shas[: n // 4], y[: n // 4], size, root)}
     if mode == "in memory":
         sets = {k: InMemory(s.read(np.arange(len(s))), s.y) for k, s in sets.items()}
-    params = dataclasses.replace(load_section("train", ROOT / "params.yaml"), head_epochs=1, finetune_epochs=1)
+    params = dataclasses.replace(load_params(ROOT / "params.yaml").train, head_epochs=1, finetune_epochs=1)
     keras.utils.set_random_seed(0)
-    weights = keras_cache() / REGISTRY["MobileNetV2"].weights_file.format(alpha=0.35, size=224)  # any input size
+    weights = keras_cache() / ARCHITECTURES["MobileNetV2"].weights_file.format(alpha=0.35, size=224)  # any input size
     parts = build_model("MobileNetV2", 3, str(weights), size, 0.35, params.dropout, params.l2, 0)
     start = time.perf_counter()
     fit_cached(parts, sets, params, None, History())

@@ -106,27 +106,29 @@ def jpeg_only(raw: Path, tmp: Path) -> Path:
 
 def stages_table(raw: Path, tmp: Path) -> None:
     from pipeline import dedup, validate
+    from pipeline.params import load_params
 
-    params = tmp / "params.yaml"
     values = yaml.safe_load((ROOT / "params.yaml").read_text())
     values["validate"]["min_images_per_class"] = 1
-    params.write_text(yaml.safe_dump(values))
+    (tmp / "params.yaml").write_text(yaml.safe_dump(values))
+    params = load_params(tmp / "params.yaml")
     out, n = tmp / f"out-{raw.name}", len(list(raw.rglob("*.*")))
     os.environ["PIXEL_CACHE"] = str(tmp / f"pixels-{raw.name}")  # first sight: a cache of its own
-    outputs = {"groups": out / "g.csv", "cache": out / "c.json", "quarantine": out / "q", "report": out / "d.json",
-               "sheet": out / "s.png"}
+    outputs = dedup.Outputs(groups=out / "g.csv", cache=out / "c.json", quarantine=out / "q", report=out / "d.json",
+                            sheet=out / "s.png")
     heic = len(list(raw.rglob("*.heic")))
     print(f"\n| stage, {n} photos ({heic} HEIC), {pixels.workers()} cores | first sight images/s | same content again images/s |"
           "\n|---|---|---|")
-    for name, fn in (("validate", lambda: validate.run(params, raw, out / "m.csv", out / "docs", out / "v.json")),
-                     ("dedup", lambda: dedup.run(params, raw, out / "m.csv", outputs))):
+    for name, fn in (("validate", lambda: validate.run(params, validate.Inputs(raw),
+                                                       validate.Outputs(out / "m.csv", out / "docs", out / "v.json"))),
+                     ("dedup", lambda: dedup.run(params, dedup.Inputs(raw, out / "m.csv"), outputs))):
         times = []
         for _ in range(2):
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
             if name == "dedup":
-                outputs["cache"].unlink()  # the rerun reads previews again (its hash cache would skip them)
+                outputs.cache.unlink()  # the rerun reads previews again (its hash cache would skip them)
         print(f"| {name} | {n / times[0]:.1f} | {n / times[1]:.1f} |", flush=True)
 
 

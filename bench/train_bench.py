@@ -16,16 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline import augment, dedup, split, validate  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
-from pipeline.params import load_section  # noqa: E402
+from pipeline.params import load_params  # noqa: E402
 from pipeline.tracking import History  # noqa: E402
 from pipeline.streams import images_of, predict_rows  # noqa: E402
+from pipeline.tables import read_split  # noqa: E402
 from pipeline.train import class_weights, fit_cached, fit_plain, read_sets  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "isic-skin-9class-180px"
@@ -43,13 +43,12 @@ def prepare(work: Path) -> Path:
     params["base"]["classes"] = ["benign", "precancer", "cancer"]
     params["augment"]["target_per_class"] = None
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    p, out = work / "params.yaml", work / "out"
-    validate.run(p, raw, out / "manifest.csv", out / "docs", out / "v.json")
-    paths = {k: out / v for k, v in {"groups": "g.csv", "cache": "c.json", "quarantine": "q", "report": "d.json",
-                                     "sheet": "s.png"}.items()}
-    dedup.run(p, raw, out / "manifest.csv", paths)
-    split.run(p, paths["groups"], out / "split.csv", out / "split.json")
-    augment.run(p, raw, out / "split.csv", out / "aug", out / "aug.csv")
+    p, out = load_params(work / "params.yaml"), work / "out"
+    validate.run(p, validate.Inputs(raw), validate.Outputs(out / "manifest.csv", out / "docs", out / "v.json"))
+    dedup.run(p, dedup.Inputs(raw, out / "manifest.csv"), dedup.Outputs(
+        groups=out / "g.csv", cache=out / "c.json", quarantine=out / "q", report=out / "d.json", sheet=out / "s.png"))
+    split.run(p, split.Inputs(out / "g.csv"), split.Outputs(out / "split.csv", out / "ledger.csv", out / "split.json"))
+    augment.run(p, augment.Inputs(raw, out / "split.csv"), augment.Outputs(out / "aug", out / "aug.csv"))
     return p
 
 
@@ -76,12 +75,12 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         p = prepare(work)
-        base, params = load_section("base", p), load_section("train", p)
+        base, params = p.base, p.train
         spec = params.architectures[args.arch]
         size = spec.image_size or 224
         out = work / "out"
         data = read_sets(work / "raw", out / "aug", out / "split.csv", out / "aug.csv", base.classes, size)
-        tsplit = pd.read_csv(out / "split.csv", keep_default_na=False).query("split == 'test'")
+        tsplit = read_split(out / "split.csv", "test", base.classes)
         test = images_of(tsplit, work / "raw", base.classes, size)
         print(f"{len(data['train'])} train (incl. augmented), {len(data['val'])} val, "
               f"{len(test)} test images (streamed from the pixel cache); {args.arch} {spec}")

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.endpoints import read_env_file  # the one reader of KEY=VALUE files (needs `pip install -e .`)
+
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 DAEMONS = ("s3", "mlflow", "prefect")  # started in their own session: stopping the group stops their children
@@ -29,11 +31,7 @@ DAEMONS = ("s3", "mlflow", "prefect")  # started in their own session: stopping 
 
 def settings() -> dict[str, str]:
     """docker/stack.env, each value overridable from the environment."""
-    values = {}
-    for line in (HERE / "stack.env").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            values[key] = os.environ.get(key, value)
+    values = {key: os.environ.get(key, value) for key, value in read_env_file(HERE / "stack.env").items()}
     values["STACK_DIR"] = str(Path(os.environ.get("STACK_DIR", ".stack")).resolve())
     return values
 
@@ -47,7 +45,7 @@ def stack_secrets(d: Path) -> dict[str, str]:
                  "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", secrets.token_hex(20))}
         path.touch(mode=0o600)
         path.write_text("".join(f"{k}={v}\n" for k, v in fresh.items()))
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return read_env_file(path)
 
 
 def pg_tool(name: str) -> str:

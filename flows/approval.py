@@ -6,7 +6,7 @@ pauses and waits for a form in the Prefect UI (flow run -> Resume), showing the 
 paired comparison: approve -> `@champion` moves (compare-and-set against the champion it was
 compared with); reject, or no answer within `register.approval_timeout_seconds` -> `@challenger`
 with that reason. Without a server, `python -m pipeline.champion approve VERSION` (or `reject`)
-does the same. Both paths run `pipeline.champion`, the one implementation.
+does the same. Both paths run `pipeline.registry.aliases`, the one implementation.
 """
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from pathlib import Path
 from prefect import get_run_logger
 from prefect.input import RunInput
 
-from pipeline.params import load_section
+from flows.prefect_api import server_available
+from pipeline.params import load_params
+from pipeline.registry import aliases
+from pipeline.registry.client import registry_client
 
 
 class Approval(RunInput):
@@ -25,20 +28,10 @@ class Approval(RunInput):
     note: str = ""
 
 
-def server_available() -> bool:
-    from prefect.settings import PREFECT_API_URL
-
-    return bool(PREFECT_API_URL.value())
-
-
 def awaiting(registry: dict) -> bool:
     """Whether the registry still holds the version as awaiting approval (the registry is the truth,
     not reports/registry.json, which a later run without a new model leaves as it was)."""
-    from pipeline import tracking
-    from pipeline.register import client_or_fail
-
-    tracking.tracking_uri()
-    version = client_or_fail().get_model_version(registry["model_name"], str(registry["version"]))
+    version = registry_client().get_model_version(registry["model_name"], str(registry["version"]))
     return version.tags.get("decision") == "awaiting_approval"
 
 
@@ -51,17 +44,13 @@ def form_text(root: Path, registry: dict) -> str:
             f"---\n{card}")
 
 
-def decide(root: Path, registry: dict, answer: Approval | None) -> str:
-    """Apply the clinician's answer (None: no answer in time) through pipeline.champion."""
-    from pipeline import champion, tracking
-    from pipeline.register import client_or_fail
-
-    params = load_section("register", root / "params.yaml")
-    tracking.tracking_uri()
-    client, name, version = client_or_fail(), registry["model_name"], str(registry["version"])
+def apply_answer(root: Path, registry: dict, answer: Approval | None) -> str:
+    """Apply the clinician's answer (None: no answer in time) through pipeline.registry.aliases."""
+    params = load_params(root / "params.yaml").register
+    client, name, version = registry_client(), registry["model_name"], str(registry["version"])
     who = answer.reviewer.strip() if answer else ""
     if answer is not None and answer.approve and who:
-        event = champion.approve(client, name, version, who, answer.note, params.lock_timeout_seconds)
+        event = aliases.approve(client, name, version, who, answer.note, params.lock_timeout_seconds)
         return f"v{version}: approved by {who}; @champion moved: {event['reason']}"
     if answer is not None and answer.approve:  # a slip of the form must not reject the model for good
         return (f"v{version}: approval needs the reviewer's name; still awaiting approval "
@@ -70,7 +59,7 @@ def decide(root: Path, registry: dict, answer: Approval | None) -> str:
         who, reason = "approval timeout", f"no answer within {params.approval_timeout_seconds} s"
     else:
         reason = answer.note or "rejected without a note"
-    event = champion.reject(client, name, version, who or "unknown", reason, params.lock_timeout_seconds)
+    event = aliases.reject(client, name, version, who or "unknown", reason, params.lock_timeout_seconds)
     return f"v{version}: not promoted ({event['reason']})"
 
 
@@ -89,7 +78,7 @@ def request_approval(root: Path, registry: dict) -> str:
                    f"python -m pipeline.champion approve {registry['version']} (or reject {registry['version']} --reason ...)")
         logger.info(message)
         return message
-    params = load_section("register", root / "params.yaml")
+    params = load_params(root / "params.yaml").register
     form = Approval.with_initial_data(description=form_text(root, registry))
     logger.info("waiting up to %ss for a clinician to approve v%s in the Prefect UI",
                 params.approval_timeout_seconds, registry["version"])
@@ -97,6 +86,6 @@ def request_approval(root: Path, registry: dict) -> str:
         answer = pause_flow_run(wait_for_input=form, timeout=params.approval_timeout_seconds, poll_interval=2)
     except FlowPauseTimeout:
         answer = None
-    message = decide(root, registry, answer)
+    message = apply_answer(root, registry, answer)
     logger.info(message)
     return message

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.stats import fmt
+from pipeline.metrics import fmt
 
 
 def decision_markdown(registry: dict, metrics: dict, version: str, outcome: dict) -> str:

@@ -14,111 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from pipeline.params import Flow, load_section
+from flows.commands import StageFailed, dvc, git, run_command, status_json, summary_lines
+from flows.prefect_api import rename_run, server_settings
+from flows.workspace import (COMMITTED, mark_pushed, newest_change, push_pending, stage_order, validated_version,
+                             workspace_lock)
+from pipeline.params import Flow, load_params
 
-BIN = Path(sys.executable).parent
 REMOTE_STAGES = {"export", "register", "report"}  # they talk to the MLflow server: retried (register is idempotent)
-COMMITTED = ("dvc.lock", ".gitignore", "data", "reports", "models")  # what a run commits to git
-
-
-class StageFailed(RuntimeError):
-    pass
-
-
-def run_command(cmd: list[str], root: Path, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a command; on timeout stop it and everything it started, and say so."""
-    import psutil
-
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
-    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        for child in psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]:
-            child.kill()
-        proc.communicate()
-        raise StageFailed(f"`{' '.join(Path(c).name if i == 0 else c for i, c in enumerate(cmd))}` did not finish "
-                          f"within {timeout:.0f} s (flow timeouts in params.yaml) and was stopped") from None
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def dvc(root: Path, *args: str, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
-    """A DVC command in the workspace; raises with DVC's own output when it fails."""
-    done = run_command([str(BIN / "dvc"), *args], root, timeout, env)
-    if done.returncode != 0:
-        raise StageFailed(f"dvc {' '.join(args)} failed:\n{(done.stdout + done.stderr)[-4000:]}")
-    return done
-
-
-def git(root: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
-    done = run_command(["git", "-c", "user.name=retrain flow", "-c", "user.email=retrain@localhost", *args],
-                       root, timeout)
-    if done.returncode != 0:
-        raise StageFailed(f"git {' '.join(args)} failed:\n{(done.stdout + done.stderr)[-2000:]}")
-    return done
-
-
-def stage_order(root: Path) -> list[str]:
-    """The pipeline's stages in dependency order, read from DVC's graph (dvc.yaml), .dvc files left out."""
-    import networkx as nx
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        graph = repo.index.graph
-        return [s.addressing for s in reversed(list(nx.topological_sort(graph))) if not s.addressing.endswith(".dvc")]
-
-
-def newest_change(raw: Path) -> float:
-    """When the latest file under data/raw arrived or changed. ctime is set by the kernel when a file
-    is created, copied in or renamed (a copy that keeps an old mtime still counts), and unlike mtime it
-    cannot be set to the future by a camera or a sync tool; a clock that jumped is clamped to now."""
-    stamps = [p.stat().st_ctime for p in raw.rglob("*") if p.is_file()]
-    return min(max(stamps, default=0.0), time.time())
-
-
-def summary_lines(output: str, stage: str) -> list[str]:
-    """What a person needs from a stage's output: DVC's verdict and the stage's own summary lines,
-    not the pages of TensorFlow start-up notices around them."""
-    prefix = stage.split("@")[0]
-    keep = ("Running stage", "Stage '", "didn't change", "is cached", "Restored stage")
-    return [line for line in output.splitlines()
-            if line.startswith(f"{prefix}@") or line.startswith(f"{prefix}:") or any(k in line for k in keep)]
-
-
-def status_json(done: subprocess.CompletedProcess) -> dict:
-    """The JSON DVC prints on stdout; warnings (e.g. locks of killed processes it cleared) go elsewhere."""
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        if not done.stdout.strip():
-            return {}
-        raise StageFailed(f"dvc status printed no JSON:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return json.loads(lines[-1])
-
-
-@contextmanager
-def workspace_lock(root: Path, timeout: int):
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(root / ".dvc" / "tmp" / "retrain.lock")
-    try:
-        lock.acquire(timeout=timeout)
-    except Timeout:
-        raise RuntimeError(f"another retrain run holds the lock on {root}; not starting a second one") from None
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 @task(cache_policy=NO_CACHE)
@@ -137,22 +47,6 @@ def pipeline_changed(root: Path, timeout: float) -> bool:
     return bool(status_json(dvc(root, "status", "--json", timeout=timeout)))
 
 
-def validated_version(root: Path) -> str | None:
-    """The data version the last validate ran on (None before the first run)."""
-    report = root / "reports" / "validation.json"
-    return json.loads(report.read_text()).get("data_version") if report.exists() else None
-
-
-def pushed_state(root: Path) -> str:
-    """What a successful push covered: the data version and every stage's outputs (dvc.lock)."""
-    from pipeline.tracking import digest
-
-    return digest(*[root / p for p in ("data/raw.dvc", "dvc.lock") if (root / p).exists()])
-
-
-PUSHED = Path(".dvc") / "tmp" / "retrain-pushed"  # written after a push succeeds; a cheap check every few minutes
-
-
 @task(cache_policy=NO_CACHE)
 def unfinished(root: Path, params: Flow) -> list[str]:
     """What an earlier run left undone: results not committed, data or outputs not pushed."""
@@ -160,8 +54,7 @@ def unfinished(root: Path, params: Flow) -> list[str]:
     if params.commit and git(root, "status", "--porcelain", "--", *[p for p in COMMITTED if (root / p).exists()],
                              timeout=params.command_timeout_seconds).stdout.strip():
         left.append("commit")
-    marker = root / PUSHED
-    if params.push and (not marker.exists() or marker.read_text() != pushed_state(root)):
+    if params.push and push_pending(root):
         left.append("push")
     return left
 
@@ -169,7 +62,7 @@ def unfinished(root: Path, params: Flow) -> list[str]:
 @task(cache_policy=NO_CACHE)
 def push(root: Path, timeout: float) -> None:
     dvc(root, "push", "-q", timeout=timeout)
-    (root / PUSHED).write_text(pushed_state(root))
+    mark_pushed(root)
 
 
 @task(cache_policy=NO_CACHE)
@@ -201,16 +94,6 @@ def commit(root: Path, version: str, timeout: float) -> str:
     return message
 
 
-def rename_run(name: str) -> None:
-    """Put the data version in the flow run's name, where the Prefect UI lists runs."""
-    from prefect.client.orchestration import get_client
-    from prefect.runtime import flow_run
-
-    if flow_run.id:
-        with get_client(sync_client=True) as client:
-            client.update_flow_run(flow_run.id, name=name)
-
-
 def finish(root: Path, version: str, params: Flow, left: list[str], remote: dict) -> str:
     """Push and commit (those asked for by `left` and params); returns what the commit did."""
     if params.push and "push" in left:
@@ -222,12 +105,10 @@ def finish(root: Path, version: str, params: Flow, left: list[str], remote: dict
 
 def train_all(root: Path, params: Flow, run_id: str, force_validate: bool, remote: dict) -> None:
     timeout, stages = params.stage_timeout_seconds, stage_order(root)
-    if params.train_on not in ("local", "workers"):
-        raise StageFailed(f"flow.train_on must be local or workers, not {params.train_on!r}")
     trains = [s for s in stages if s.startswith("train@")] if params.train_on == "workers" else []
     for stage in stages:
         if trains and stage == trains[0]:  # upstream done: every architecture at once on the workers
-            from flows.train import train_on_workers
+            from flows.train_on_workers import train_on_workers
 
             push.with_options(**remote)(root, params.command_timeout_seconds)
             train_on_workers(root, trains, run_id, timeout, params.train_retries)
@@ -258,7 +139,7 @@ def retrain_once(root: Path) -> dict:
 
     from flows.approval import request_approval
 
-    params: Flow = load_section("flow", root / "params.yaml")
+    params: Flow = load_params(root / "params.yaml").flow
     logger, wait = get_run_logger(), params.command_timeout_seconds
     remote = {"retries": params.retries,  # for what talks to the DVC remote or the MLflow server
               "retry_delay_seconds": exponential_backoff(backoff_factor=params.retry_delay_seconds)}
@@ -301,9 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workspace", default=".")
     args = parser.parse_args(argv)
-    from flows.stack import stack_settings
-
-    with stack_settings(Path(args.workspace)):  # runs show in the stack's Prefect server when one is up
+    with server_settings(Path(args.workspace)):  # runs show in the stack's Prefect server when one is up
         print(json.dumps(retrain(args.workspace), indent=2))
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 from prefect import serve
 
+from flows.prefect_api import server_settings
 from flows.retrain import retrain
-from flows.stack import stack_settings
-from pipeline.params import load_section
+from pipeline.params import load_params
 
 
 def deployments(workspace: Path) -> list:
-    params = load_section("flow", workspace / "params.yaml")
+    params = load_params(workspace / "params.yaml").flow
     common = {"parameters": {"workspace": str(workspace)}, "concurrency_limit": 1}
     return [retrain.to_deployment(name="nightly", cron=params.cron, **common),
             retrain.to_deployment(name="on-new-data", interval=params.check_interval_seconds, **common)]
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workspace", type=Path, default=Path("."))
     args = parser.parse_args(argv)
-    with stack_settings(args.workspace):
+    with server_settings(args.workspace):
         serve(*deployments(args.workspace.resolve()))
 
 

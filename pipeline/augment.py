@@ -8,9 +8,9 @@ source image and group it came from, so it can never leak across splits.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,21 @@ from PIL import Image, ImageEnhance
 
 from pipeline.console import progress, quiet
 from pipeline.pixels import cache_dir, preview, shas_of
-from pipeline.params import Augment, load_section
+from pipeline.params import Augment, Params, load_params
+from pipeline.stage import one_line_errors, parser, paths
+from pipeline.tables import read_split
+
+
+@dataclass(frozen=True)
+class Inputs:
+    raw: Path
+    split: Path
+
+
+@dataclass(frozen=True)
+class Outputs:
+    out: Path           # the augmented images, <class>/<name>.png
+    listing: Path       # each augmented image with its source image and duplicate group
 
 
 def affine_matrix(size, rotation, shift, shear, zoom, flip) -> tuple:
@@ -68,42 +82,36 @@ def plan(train: pd.DataFrame, target: int | None, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["label", "source_path", "group_id", "variant"])
 
 
-def run(params_path: Path, raw_dir: Path, split_path: Path, out_dir: Path, listing: Path) -> dict:
-    base, params = load_section("base", params_path), load_section("augment", params_path)
-    split = pd.read_csv(split_path, keep_default_na=False)
-    train = split[split.split == "train"]
-    todo = plan(train, params.target_per_class, base.seed)
+def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
+    base, raw_dir, out_dir = params.base, inputs.raw, outputs.out
+    train = read_split(inputs.split, "train", base.classes)
+    todo = plan(train, params.augment.target_per_class, base.seed)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)  # the stage's output, even when every class is already at its target
     rng = np.random.default_rng(base.seed)
     # variants of the preview (shorter side 320, >= every model size), not of the 12 MP original:
     # a variant is resized to the model's size anyway, and validate already decoded the original once
-    pixel_cache, sha_of, paths = cache_dir(raw_dir), dict(zip(train.path, shas_of(train))), []
+    pixel_cache, sha_of, written = cache_dir(raw_dir), dict(zip(train.path, shas_of(train))), []
     for row in progress(todo.itertuples(), "augment", len(todo)):
-        name = f"{Path(row.source_path).stem}__aug{row.variant}_{len(paths)}.png"
+        name = f"{Path(row.source_path).stem}__aug{row.variant}_{len(written)}.png"
         target = out_dir / row.label / name
         target.parent.mkdir(parents=True, exist_ok=True)
         source = preview(pixel_cache, sha_of[row.source_path], raw_dir / row.source_path)
-        augment_image(source, params, rng).save(target, compress_level=1)
-        paths.append(target.relative_to(out_dir).as_posix())
-    todo.insert(0, "path", paths)
-    listing.parent.mkdir(parents=True, exist_ok=True)
-    todo.drop(columns="variant").to_csv(listing, index=False)
+        augment_image(source, params.augment, rng).save(target, compress_level=1)
+        written.append(target.relative_to(out_dir).as_posix())
+    todo.insert(0, "path", written)
+    outputs.listing.parent.mkdir(parents=True, exist_ok=True)
+    todo.drop(columns="variant").to_csv(outputs.listing, index=False)
     return {"train_images": int(len(train)), "augmented": int(len(todo)),
             "per_class_after": train.label.value_counts().add(todo.label.value_counts(), fill_value=0).astype(int).to_dict()}
 
 
 def main(argv: list[str] | None = None) -> None:
     quiet()
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--raw", type=Path, required=True)
-    parser.add_argument("--split", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--listing", type=Path, required=True)
-    args = parser.parse_args(argv)
-    summary = run(args.params, args.raw, args.split, args.out, args.listing)
+    args = parser(__doc__, Inputs, Outputs).parse_args(argv)
+    with one_line_errors("augment"):
+        summary = run(load_params(args.params), paths(Inputs, args), paths(Outputs, args))
     print(f"augment: {summary['augmented']} new train images; per class after: {summary['per_class_after']}")
 
 

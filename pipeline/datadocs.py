@@ -5,7 +5,8 @@ public CDNs; offline (many hospital machines) the index lists nothing and pages 
 `python -m pipeline.datadocs --install` (run by `make install`) fetches the exact package
 versions the pages ask for with `npm pack` into .vendor/datadocs/ (outside pipeline/, which is
 logged with every model; $DATADOCS_ASSETS points elsewhere); after each build, validate copies
-them beside the pages and points every page at the local copies.
+them beside the pages and points every page at the local copies. Without them validate still
+writes the pages, which then load the assets from the CDNs (plain pages offline), and says so.
 """
 from __future__ import annotations
 
@@ -19,7 +20,13 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-VENDOR = Path(os.environ.get("DATADOCS_ASSETS") or Path(__file__).resolve().parents[1] / ".vendor" / "datadocs")
+
+
+def vendor_dir() -> Path:
+    """Where the page assets are kept: $DATADOCS_ASSETS, else .vendor/datadocs/ in this checkout
+    (read at each call, so a scratch copy of the project or a test can point elsewhere)."""
+    return Path(os.environ.get("DATADOCS_ASSETS") or Path(__file__).resolve().parents[1] / ".vendor" / "datadocs")
+
 
 # CDN address the pages use -> (npm package@version, file inside the package). One row per asset.
 ASSETS = {
@@ -61,8 +68,9 @@ def local_name(package: str) -> str:
     return package.lstrip("@").replace("/", "-")
 
 
-def install(dest: Path = VENDOR) -> Path:
+def install(dest: Path | None = None) -> Path:
     """Fetch each package once with `npm pack` and keep the files the pages need."""
+    dest = dest or vendor_dir()
     wanted: dict[str, set[str]] = {}
     for package, inner in ASSETS.values():
         wanted.setdefault(package, set()).add(inner)
@@ -86,23 +94,25 @@ def install(dest: Path = VENDOR) -> Path:
     return dest
 
 
-def installed(vendor: Path = VENDOR) -> bool:
+def installed(vendor: Path | None = None) -> bool:
+    vendor = vendor or vendor_dir()
     return all((vendor / local_name(p) / inner).is_file() for p, inner in ASSETS.values()) and \
         all(any((vendor / local_name(p) / folder).glob("*")) for p, folders in EXTRA_FOLDERS.items() for folder in folders)
 
 
-def localize(docs_dir: Path, assets: dict[str, str] | None = None, vendor: Path = VENDOR) -> int:
+def localize(docs_dir: Path, assets: dict[str, str] | None = None, vendor: Path | None = None) -> int:
     """Copy the assets beside the pages and point every page at them; name each validation page's
-    data asset (GE prints "Data asset: None" for in-memory frames). Returns the pages rewritten."""
-    if not installed(vendor):
-        raise SystemExit(f"datadocs: page assets are not installed in {vendor}; run `make install` "
-                         f"(or python -m pipeline.datadocs --install)")
-    shutil.copytree(vendor, docs_dir / "static" / "vendor", dirs_exist_ok=True)
+    data asset (GE prints "Data asset: None" for in-memory frames). Returns the pages rewritten.
+    Assets not installed: the pages keep their CDN addresses (`installed()` tells the caller)."""
+    vendor = vendor or vendor_dir()
+    local = ASSETS if installed(vendor) else {}  # CDN address -> local copy
+    if local:
+        shutil.copytree(vendor, docs_dir / "static" / "vendor", dirs_exist_ok=True)
     pages = sorted(docs_dir.rglob("*.html"))
     for page in pages:
         up = "../" * (len(page.relative_to(docs_dir).parts) - 1)
         text = page.read_text()
-        for url, (package, inner) in ASSETS.items():
+        for url, (package, inner) in local.items():
             text = re.sub(re.escape(url) + r"(?=[\"'])", f"{up}static/vendor/{local_name(package)}/{inner}", text)
         text = LOGO.sub(f"{up}static/images/logo-long.png", text)
         parts = page.relative_to(docs_dir).parts
@@ -115,8 +125,9 @@ def localize(docs_dir: Path, assets: dict[str, str] | None = None, vendor: Path 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--install", action="store_true", help="fetch the page assets from npm")
-    parser.add_argument("--dest", type=Path, default=VENDOR)
+    parser.add_argument("--dest", type=Path, help="default: $DATADOCS_ASSETS, else .vendor/datadocs/")
     args = parser.parse_args(argv)
+    args.dest = args.dest or vendor_dir()
     if args.install:
         if installed(args.dest):
             print(f"datadocs: page assets already in {args.dest}")

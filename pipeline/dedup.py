@@ -12,9 +12,9 @@ Hashes are cached by file content, so a rerun after new images arrive hashes onl
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import imagehash
@@ -26,10 +26,27 @@ from scipy.sparse.csgraph import connected_components
 from pipeline.console import progress, quiet
 from pipeline.hamming import near_pairs
 from pipeline.pixels import VERSION, cache_dir, preview, preview_of
-from pipeline.params import Dedup, load_section
+from pipeline.params import Dedup, Params, load_params
+from pipeline.stage import one_line_errors, parser, paths
 
+# keyed by params.HASH_KINDS, the names dedup.hash may take (params.yaml is checked there)
 HASHES = {"phash": imagehash.phash, "dhash": imagehash.dhash,
           "ahash": imagehash.average_hash, "whash": imagehash.whash}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    raw: Path
+    manifest: Path
+
+
+@dataclass(frozen=True)
+class Outputs:
+    groups: Path        # one row per usable image: group, conflict, perceptual hash
+    cache: Path         # hashes by content, reused by the next run (persisted)
+    quarantine: Path    # copies of conflicting images and the sheet a clinician fills in
+    report: Path
+    sheet: Path         # contact sheet of the largest groups
 
 
 def hash_image(image, kind: str, size: int) -> int:
@@ -155,51 +172,40 @@ def summarize(groups: pd.DataFrame, fresh: int) -> dict:
     }
 
 
-def run(params_path: Path, raw_dir: Path, manifest_path: Path, outputs: dict[str, Path]) -> dict:
+def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     from pipeline.contact_sheet import draw_contact_sheet
 
-    params = load_section("dedup", params_path)
-    if params.hash not in HASHES:
-        raise SystemExit(f"dedup: unknown dedup.hash {params.hash!r} (choose from {', '.join(HASHES)})")
-    if not 2 <= params.hash_size <= 8:
-        raise SystemExit("dedup: dedup.hash_size must be 2..8 (hashes of at most 64 bits)")
-    manifest = pd.read_csv(manifest_path, keep_default_na=False)
+    settings, raw_dir = params.dedup, inputs.raw
+    manifest = pd.read_csv(inputs.manifest, keep_default_na=False)
     images = manifest[manifest.status == "ok"]
     for column, default in (("folder_label", images.label), ("decision", "")):  # manifests before label decisions
         images = images.assign(**{column: images[column] if column in images else default})
-    cache_path = outputs["cache"]
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    cache = json.loads(outputs.cache.read_text()) if outputs.cache.exists() else {}
     paths_by_sha = {sha: raw_dir / path for sha, path in zip(images.sha256, images.path)}
-    hashes, fresh = hash_contents(paths_by_sha, params, cache, cache_dir(raw_dir))
-    group_of, copies_of = group_contents(hashes, params.max_distance, params.hash_size ** 2,
-                                         params.conflict_max_distance)
+    hashes, fresh = hash_contents(paths_by_sha, settings, cache, cache_dir(raw_dir))
+    group_of, copies_of = group_contents(hashes, settings.max_distance, settings.hash_size ** 2,
+                                         settings.conflict_max_distance)
     groups = build_groups(images, group_of, copies_of)
-    bits = f"{params.hash}:{params.hash_size}:"  # the ledger in split compares hashes of the same kind only
-    groups["phash"] = groups.sha256.map(lambda sha: bits + format(hashes[sha], "x"))
+    kind = f"{settings.hash}:{settings.hash_size}:"  # the ledger in split compares hashes of the same kind only
+    groups["perceptual_hash"] = groups.sha256.map(lambda sha: kind + format(hashes[sha], "x"))
     details = images.set_index("path")[["folder_label", "decision"]]
     resolved = resolved_conflicts(images, groups, group_of, copies_of).join(details, on="path")
-    for key in ("groups", "cache", "report", "sheet"):
-        outputs[key].parent.mkdir(parents=True, exist_ok=True)
-    cache_path.write_text(json.dumps(cache, sort_keys=True))
-    groups.to_csv(outputs["groups"], index=False)
-    quarantine(groups.join(details, on="path"), resolved, raw_dir, outputs["quarantine"])
-    draw_contact_sheet(groups, raw_dir, params.contact_sheet_groups, outputs["sheet"])
+    for path in (outputs.groups, outputs.cache, outputs.report, outputs.sheet):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    outputs.cache.write_text(json.dumps(cache, sort_keys=True))
+    groups.to_csv(outputs.groups, index=False)
+    quarantine(groups.join(details, on="path"), resolved, raw_dir, outputs.quarantine)
+    draw_contact_sheet(groups, raw_dir, settings.contact_sheet_groups, outputs.sheet)
     summary = {**summarize(groups, fresh), "conflict_images_resolved_by_decisions": int(len(resolved))}
-    outputs["report"].write_text(json.dumps(summary, indent=2) + "\n")
+    outputs.report.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     quiet()
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--raw", type=Path, required=True)
-    parser.add_argument("--manifest", type=Path, required=True)
-    for name in ("groups", "cache", "quarantine", "report", "sheet"):
-        parser.add_argument(f"--{name}", type=Path, required=True)
-    args = parser.parse_args(argv)
-    outputs = {k: getattr(args, k) for k in ("groups", "cache", "quarantine", "report", "sheet")}
-    s = run(args.params, args.raw, args.manifest, outputs)
+    args = parser(__doc__, Inputs, Outputs).parse_args(argv)
+    with one_line_errors("dedup"):
+        s = run(load_params(args.params), paths(Inputs, args), paths(Outputs, args))
     print(f"dedup: {s['images']} images in {s['groups']} groups; {s['duplicate_groups']} duplicate groups, "
           f"{s['conflict_groups']} label conflicts ({s['conflict_images']} images quarantined); "
           f"hashed {s['hashed_now']} new, {s['hashed_from_cache']} from cache")

@@ -11,26 +11,41 @@ are written for register's paired comparison.
 """
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.console import quiet
-from pipeline import pixels, stats, streams
-from pipeline.params import load_section
-from pipeline.reporting import confusion, write_confusion_json, write_confusion_png
+from pipeline import pixels, streams
+from pipeline.intervals import class_intervals, interval
+from pipeline.metrics import fmt, scores
+from pipeline.confusion import confusion, write_confusion_json, write_confusion_png
+from pipeline.params import Evaluate, Params, load_params
+from pipeline.stage import one_line_errors, parser, paths
+from pipeline.tables import read_split
 
 INTERVAL_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "roc_auc")
 
 
-def selectable(classes, positive) -> list[str]:
-    return ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"] + [f"sensitivity_{c}" for c in positive]
+@dataclass(frozen=True)
+class Inputs:
+    raw: Path
+    split: Path
+    models: Path        # models/<arch>/model.keras and run.json, one folder per architecture
 
 
-def predict_rows(predict, size: int, rows: pd.DataFrame, raw: Path, classes: list[str]):
+@dataclass(frozen=True)
+class Outputs:
+    metrics: Path
+    leaderboard: Path
+    figures: Path       # test confusion PNGs, per-image test predictions, Grad-CAM examples
+    plots: Path         # dvc plots records
+
+
+def labels_and_probabilities(predict, size: int, rows: pd.DataFrame, raw: Path, classes: list[str]):
     """Class indices and predicted probabilities of some split rows, for any model's predict function
     (images from the pixel cache, a chunk at a time)."""
     images = streams.images_of(rows, raw, classes, size)
@@ -40,9 +55,9 @@ def predict_rows(predict, size: int, rows: pd.DataFrame, raw: Path, classes: lis
 def test_report(y, probs, groups, classes, params, seed: int) -> dict:
     """Intervals by duplicate group for the headline metrics, exact per-class intervals."""
     names = dict.fromkeys([params.select_by, *INTERVAL_METRICS])  # ordered, no repeats
-    return {"intervals": {m: stats.interval(m, y, probs, groups, classes, params.bootstrap, seed, params.confidence)
+    return {"intervals": {m: interval(m, y, probs, groups, classes, params.bootstrap, seed, params.confidence)
                           for m in names},
-            "classes": stats.class_intervals(y, probs.argmax(1), groups, classes, params.confidence)}
+            "classes": class_intervals(y, probs.argmax(1), groups, classes, params.confidence)}
 
 
 def write_predictions(rows: pd.DataFrame, probs: np.ndarray, classes, path: Path) -> None:
@@ -51,21 +66,21 @@ def write_predictions(rows: pd.DataFrame, probs: np.ndarray, classes, path: Path
     table.to_csv(path, index=False)
 
 
-def evaluate_one(name, info, sets, raw, base, params, out: dict[str, Path]) -> dict:
+def evaluate_one(name, info, sets, inputs: Inputs, base, params: Evaluate, outputs: Outputs) -> dict:
     import keras
 
     classes, positive = list(base.classes), list(base.positive_classes)
-    model = keras.saving.load_model(out["models"] / name / "model.keras")
+    model = keras.saving.load_model(inputs.models / name / "model.keras")
     predict = lambda x: model.predict_on_batch(x)  # noqa: E731
     result = {"run_id": info["run_id"]}
     for split in ("val", "test"):
-        y, probs = predict_rows(predict, info["image_size"], sets[split], raw, classes)
-        result[split] = stats.scores(y, probs, classes, positive, params.calibration_bins)
+        y, probs = labels_and_probabilities(predict, info["image_size"], sets[split], inputs.raw, classes)
+        result[split] = scores(y, probs, classes, positive, params.calibration_bins)
     result["test_report"] = test_report(y, probs, sets["test"].group_id.to_numpy(), classes, params, base.seed)
-    png, records = out["figures"] / f"{name}_test_confusion.png", out["plots"] / f"{name}.json"
+    png, records = outputs.figures / f"{name}_test_confusion.png", outputs.plots / f"{name}.json"
     write_confusion_png(confusion(y, probs.argmax(1), len(classes)), classes, f"{name}: test", png)
     write_confusion_json(y, probs.argmax(1), classes, records)
-    predictions = out["figures"] / f"{name}_test_predictions.csv"
+    predictions = outputs.figures / f"{name}_test_predictions.csv"
     write_predictions(sets["test"], probs, classes, predictions)
     result["predictions"] = predictions.as_posix()
     log_to_mlflow(info, result, [png, records, predictions])
@@ -102,55 +117,52 @@ def leaderboard(results: dict[str, dict], select_by: str, positive) -> pd.DataFr
     return table
 
 
-def read_sets(split_csv: Path) -> dict[str, pd.DataFrame]:
-    split = pd.read_csv(split_csv, keep_default_na=False)
-    sets = {s: split[split.split == s].reset_index(drop=True) for s in ("val", "test")}
-    for s, rows in sets.items():
-        if rows.empty:
-            raise SystemExit(f"evaluate: the {s} split is empty; add images or raise split.{s}")
-    return sets
+def read_sets(split_csv: Path, classes) -> dict[str, pd.DataFrame]:
+    """The val and test rows of split.csv; an empty one is an error (nothing to choose on, or to report)."""
+    return {s: read_split(split_csv, s, classes) for s in ("val", "test")}
 
 
-def run(params_path: Path, raw: Path, split_csv: Path, out: dict[str, Path]) -> dict:
+def run_info(models: Path, name: str) -> dict:
+    """What train recorded beside an architecture's model (MLflow runs, input size)."""
+    return json.loads((models / name / "run.json").read_text())
+
+
+def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     from pipeline import tracking
 
-    base, params = load_section("base", params_path), load_section("evaluate", params_path)
-    train = load_section("train", params_path)
-    if params.select_by not in selectable(base.classes, base.positive_classes):
-        raise SystemExit(f"evaluate: select_by {params.select_by!r} is not one of "
-                         f"{', '.join(selectable(base.classes, base.positive_classes))}")
-    sets = read_sets(split_csv)
-    tracking.setup(train.experiment)
-    results = {}
-    for name in train.architectures:
-        info = json.loads((out["models"] / name / "run.json").read_text())
-        results[name] = evaluate_one(name, info, sets, raw, base, params, out)
-    board = leaderboard(results, params.select_by, base.positive_classes)
+    base, evaluation = params.base, params.evaluate
+    sets = read_sets(inputs.split, base.classes)
+    for folder in (outputs.figures, outputs.plots, outputs.metrics.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+    tracking.setup(params.train.experiment)
+    results = {name: evaluate_one(name, run_info(inputs.models, name), sets, inputs, base, evaluation, outputs)
+               for name in params.train.architectures}
+    board = leaderboard(results, evaluation.select_by, base.positive_classes)
     name = board.architecture.iloc[0]
     chosen = results[name]
-    summary = {"chosen_on": "val", "select_by": params.select_by, "confidence": params.confidence,
+    summary = {"chosen_on": "val", "select_by": evaluation.select_by, "confidence": evaluation.confidence,
                "architectures": results, "best": {
-                   "architecture": name, "chosen_on": "val", "select_by": params.select_by,
-                   "val_value": chosen["val"][params.select_by], "test_value": chosen["test"][params.select_by],
-                   "test_interval": chosen["test_report"]["intervals"][params.select_by],
+                   "architecture": name, "chosen_on": "val", "select_by": evaluation.select_by,
+                   "val_value": chosen["val"][evaluation.select_by], "test_value": chosen["test"][evaluation.select_by],
+                   "test_interval": chosen["test_report"]["intervals"][evaluation.select_by],
                    "run_id": chosen["run_id"], "predictions": chosen["predictions"],
-                   "model": (out["models"] / name / "model.keras").as_posix()}}
-    out["metrics"].write_text(json.dumps(summary, indent=2) + "\n")
-    board.to_csv(out["leaderboard"], index=False)
-    info = json.loads((out["models"] / name / "run.json").read_text())
-    gradcam_examples(Path(summary["best"]["model"]), Path(chosen["predictions"]), raw, list(base.classes),
-                     info["image_size"], out["figures"] / "gradcam")
-    log_leaderboard(info, out, summary["best"], board)
+                   "model": (inputs.models / name / "model.keras").as_posix()}}
+    outputs.metrics.write_text(json.dumps(summary, indent=2) + "\n")
+    board.to_csv(outputs.leaderboard, index=False)
+    info = run_info(inputs.models, name)
+    gradcam_examples(Path(summary["best"]["model"]), Path(chosen["predictions"]), inputs.raw, list(base.classes),
+                     info["image_size"], outputs.figures / "gradcam")
+    log_leaderboard(info, outputs.leaderboard, summary["best"], board)
     return summary
 
 
-def log_leaderboard(info: dict, out: dict[str, Path], best: dict, board: pd.DataFrame) -> None:
+def log_leaderboard(info: dict, table: Path, best: dict, board: pd.DataFrame) -> None:
     """The leaderboard on the pipeline's parent run: `<arch>.val_…`/`<arch>.test_…` metrics the runs
     table and compare view show, which architecture was chosen and on what, and the table itself."""
     from mlflow.tracking import MlflowClient
 
     client, parent = MlflowClient(), info["parent_run_id"]
-    client.log_artifact(parent, str(out["leaderboard"]))
+    client.log_artifact(parent, str(table))
     for key, value in {"chosen_architecture": best["architecture"], "chosen_on": "val",
                        "select_by": best["select_by"]}.items():
         client.set_tag(parent, key, value)
@@ -194,20 +206,13 @@ def gradcam_examples(model_path: Path, predictions: Path, raw: Path, classes, si
 
 def main(argv: list[str] | None = None) -> None:
     quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    for flag in ("raw", "split", "models", "metrics", "leaderboard", "figures", "plots"):
-        parser.add_argument(f"--{flag}", type=Path, required=True)
-    args = parser.parse_args(argv)
-    out = {k: getattr(args, k) for k in ("models", "metrics", "leaderboard", "figures", "plots")}
-    for key in ("figures", "plots"):
-        out[key].mkdir(parents=True, exist_ok=True)
-    out["metrics"].parent.mkdir(parents=True, exist_ok=True)
-    s = run(args.params, args.raw, args.split, out)
+    args = parser(__doc__, Inputs, Outputs).parse_args(argv)
+    with one_line_errors("evaluate"):
+        s = run(load_params(args.params), paths(Inputs, args), paths(Outputs, args))
     best, ci = s["best"], s["best"]["test_interval"]
-    print(f"evaluate: chose {best['architecture']} on validation {best['select_by']} {stats.fmt(best['val_value'])}; "
-          f"its test {best['select_by']} {stats.fmt(best['test_value'])} "
-          f"({s['confidence']:.0%} interval {stats.fmt(ci['low'])} to {stats.fmt(ci['high'])}, by duplicate group)")
+    print(f"evaluate: chose {best['architecture']} on validation {best['select_by']} {fmt(best['val_value'])}; "
+          f"its test {best['select_by']} {fmt(best['test_value'])} "
+          f"({s['confidence']:.0%} interval {fmt(ci['low'])} to {fmt(ci['high'])}, by duplicate group)")
 
 
 if __name__ == "__main__":

@@ -7,23 +7,37 @@ the reason is. Beside the files: labels.txt and metadata.json for the mobile app
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipeline.console import quiet
 from pipeline.images import RESIZE_CONTRACT
 from pipeline.inference import TFLiteModel
-from pipeline.params import Export, load_section
+from pipeline.params import Export, Params, load_params
+from pipeline.stage import one_line_errors, parser, paths
 from pipeline.streams import images_of, predict_rows
+from pipeline.tables import read_split
 
 VARIANTS = ("float32", "dynamic_range", "float16")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    raw: Path
+    split: Path
+    metrics: Path       # evaluate's reports/metrics.json: which model was chosen
+
+
+@dataclass(frozen=True)
+class Outputs:
+    out: Path           # the TFLite files, labels.txt and metadata.json for the app
+    report: Path
 
 
 def convert(model, variants=VARIANTS) -> dict[str, bytes]:
@@ -88,23 +102,23 @@ def input_contract(size: int) -> dict:
             "resize": dict(RESIZE_CONTRACT)}
 
 
-def run(params_path: Path, raw: Path, split_csv: Path, metrics_path: Path, out_dir: Path, report_path: Path) -> dict:
+def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     import keras
     import mlflow
 
     from pipeline import tracking
 
-    base, params = load_section("base", params_path), load_section("export", params_path)
-    best = json.loads(metrics_path.read_text())["best"]
+    base, out_dir = params.base, outputs.out
+    best = json.loads(inputs.metrics.read_text())["best"]
     info = json.loads((Path(best["model"]).parent / "run.json").read_text())
     model = keras.saving.load_model(best["model"])
-    test = pd.read_csv(split_csv, keep_default_na=False).query("split == 'test'")
-    images = images_of(test, raw, base.classes, info["image_size"])
+    test = read_split(inputs.split, "test", base.classes)
+    images = images_of(test, inputs.raw, base.classes, info["image_size"])
     reference = predict_rows(lambda x: model.predict_on_batch(x), images)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    variants = check_variants(convert(model), reference, images, params, out_dir)
+    variants = check_variants(convert(model), reference, images, params.export, out_dir)
     (out_dir / "labels.txt").write_text("\n".join(base.classes) + "\n")
     metadata = {"architecture": best["architecture"], "classes": list(base.classes), "image_size": info["image_size"],
                 "input": input_contract(info["image_size"]),
@@ -114,9 +128,9 @@ def run(params_path: Path, raw: Path, split_csv: Path, metrics_path: Path, out_d
                              if v["accepted"]}}
     (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     report = {"architecture": best["architecture"], "test_images": int(len(images)), "variants": variants}
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
-    tracking.setup(load_section("train", params_path).experiment)
+    outputs.report.parent.mkdir(parents=True, exist_ok=True)
+    outputs.report.write_text(json.dumps(report, indent=2) + "\n")
+    tracking.setup(params.train.experiment)
     with mlflow.start_run(run_id=info["run_id"]):
         mlflow.log_artifacts(str(out_dir), artifact_path="tflite")
         mlflow.log_metrics({f"tflite_{k}_{m}": float(v[m]) for k, v in variants.items()
@@ -126,12 +140,9 @@ def run(params_path: Path, raw: Path, split_csv: Path, metrics_path: Path, out_d
 
 def main(argv: list[str] | None = None) -> None:
     quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    for flag in ("raw", "split", "metrics", "out", "report"):
-        parser.add_argument(f"--{flag}", type=Path, required=True)
-    args = parser.parse_args(argv)
-    report = run(args.params, args.raw, args.split, args.metrics, args.out, args.report)
+    args = parser(__doc__, Inputs, Outputs).parse_args(argv)
+    with one_line_errors("export"):
+        report = run(load_params(args.params), paths(Inputs, args), paths(Outputs, args))
     for variant, r in report["variants"].items():
         verdict = "exported" if r["accepted"] else "NOT exported"
         print(f"export: {variant}: {verdict} ({r['reason']}; {r['bytes'] / 1e6:.2f} MB, {r['latency_ms']:.1f} ms/image)")

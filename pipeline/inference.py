@@ -161,3 +161,27 @@ class ImageClassifier(PythonModel):
         # scoring server writes as the non-JSON token `NaN`.
         return pd.DataFrame(rows, columns=["class", "error", *(f"prob_{c}" for c in self.classifier.classes)],
                             dtype=object)
+
+
+def log_serving_model(info: dict, model_path: Path, export_dir: Path, sample: Path) -> str:
+    """The image-in, classes-out pyfunc, logged to the architecture's run; returns its model URI."""
+    import keras
+    import mlflow
+    import pandas
+    import tensorflow as tf
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    classes = json.loads((export_dir / "metadata.json").read_text())["classes"]
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "image")]),
+        outputs=Schema([ColSpec("string", "class"), ColSpec("string", "error")]
+                       + [ColSpec("double", f"prob_{c}") for c in classes]))
+    example = pandas.DataFrame({"image": [base64.b64encode(sample.read_bytes()).decode()]})
+    with mlflow.start_run(run_id=info["run_id"]):
+        logged = mlflow.pyfunc.log_model(
+            name="serving", python_model=ImageClassifier(), code_paths=[str(Path(__file__).resolve().parent)],
+            artifacts=serving_artifacts(model_path, export_dir), signature=signature, input_example=example,
+            pip_requirements=[f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}", "pillow",
+                              "pillow-heif", "pandas", "ai-edge-litert"])
+    return logged.model_uri

@@ -14,8 +14,8 @@ no stage changes a label.
 """
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,9 @@ import pandas as pd
 from pipeline.console import progress, quiet
 from pipeline import pixels
 from pipeline.images import UnusableImage
-from pipeline.params import LabelReview, load_section
+from pipeline.params import LabelReview, Params, load_params
+from pipeline.stage import StageError, one_line_errors, parser, paths
+from pipeline.tables import read_split
 
 CHUNK = 64      # images decoded and pushed through the network at once (bounds memory)
 HEAD_C = 10.0   # inverse L2 strength of the linear head (on unit-length features); see `fit_head`
@@ -33,17 +35,24 @@ METHOD = ("Out-of-fold class probabilities from a logistic regression on L2-norm
           "(prune_by_noise_rate, ranked by self-confidence).")
 
 
-def read_split(split_csv: Path, classes: tuple[str, ...]) -> pd.DataFrame:
-    """Every row of split.csv; a label outside base.classes is an error that names it."""
-    table = pd.read_csv(split_csv, keep_default_na=False, dtype=str)
-    missing = [c for c in ("path", "label", "group_id", "split") if c not in table.columns]
-    if missing:
-        raise SystemExit(f"label_review: {split_csv} has no column {missing[0]!r}")
-    unknown = sorted(set(table.label) - set(classes))
-    if unknown:
-        raise SystemExit(f"label_review: label {unknown[0]!r} in {split_csv} is not in base.classes {list(classes)}")
-    table["group_id"] = table.group_id.where(table.group_id != "", table.path)  # no group: its own
-    return table.reset_index(drop=True)
+@dataclass(frozen=True)
+class Inputs:
+    raw: Path
+    split: Path
+
+
+@dataclass(frozen=True)
+class Outputs:
+    out: Path           # the review list (reports/label_issues.csv)
+    sheet: Path         # its contact sheet
+    report: Path
+
+
+def review_rows(split_csv: Path, classes: tuple[str, ...]) -> pd.DataFrame:
+    """Every row of split.csv (train, val and test); a row without a duplicate group is a group of its own."""
+    table = read_split(split_csv, classes=classes)
+    table["group_id"] = table.group_id.where(table.group_id != "", table.path)
+    return table
 
 
 def feature_extractor(params: LabelReview):
@@ -93,7 +102,7 @@ def grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int)
 
     k = min(folds, len(np.unique(groups)))
     if k < 2:
-        raise SystemExit("label_review: out-of-fold probabilities need at least 2 duplicate groups")
+        raise StageError("out-of-fold probabilities need at least 2 duplicate groups")
     if np.bincount(labels).max() < k:  # too few images per class to stratify: groups only
         return list(GroupKFold(n_splits=k).split(labels, labels, groups))
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -186,29 +195,27 @@ def summarize(table: pd.DataFrame, issues: pd.DataFrame, probs: np.ndarray, labe
     }
 
 
-def run(params_path: Path, raw_dir: Path, split_csv: Path, outputs: dict[str, Path]) -> dict:
+def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     from pipeline.contact_sheet import draw_label_issue_sheet
 
-    base, params = load_section("base", params_path), load_section("label_review", params_path)
-    if params.folds < 2:
-        raise SystemExit("label_review: label_review.folds must be at least 2")
-    table = read_split(split_csv, base.classes)
-    features, bad = extract_features(feature_extractor(params), [raw_dir / p for p in table.path],
-                                     params.image_size, pixels.shas_of(table), pixels.cache_dir(raw_dir))
+    base, settings, raw_dir = params.base, params.label_review, inputs.raw
+    table = review_rows(inputs.split, base.classes)
+    features, bad = extract_features(feature_extractor(settings), [raw_dir / p for p in table.path],
+                                     settings.image_size, pixels.shas_of(table), pixels.cache_dir(raw_dir))
     unreadable = {table.path[i]: reason for i, reason in sorted(bad.items())}
     table = table.drop(index=list(bad)).reset_index(drop=True)
     labels = table.label.map({c: i for i, c in enumerate(base.classes)}).to_numpy()
-    folds = grouped_folds(labels, table.group_id.to_numpy(), params.folds, base.seed)
+    folds = grouped_folds(labels, table.group_id.to_numpy(), settings.folds, base.seed)
     probs, seen = out_of_fold_probabilities(features, labels, folds, len(base.classes), base.seed)
     checked = np.flatnonzero(seen)
     ranked = checked[find_issues(labels[checked], probs[checked])]
     issues = issue_table(table, labels, probs, ranked, base.classes)
-    for path in outputs.values():
+    for path in (outputs.out, outputs.sheet, outputs.report):
         path.parent.mkdir(parents=True, exist_ok=True)
-    issues.to_csv(outputs["out"], index=False)
-    draw_label_issue_sheet(issues, raw_dir, params.sheet_images, outputs["sheet"])
-    summary = summarize(table, issues, probs, labels, seen, unreadable, params, len(folds), base.classes)
-    outputs["report"].write_text(json.dumps(summary, indent=2) + "\n")
+    issues.to_csv(outputs.out, index=False)
+    draw_label_issue_sheet(issues, raw_dir, settings.sheet_images, outputs.sheet)
+    summary = summarize(table, issues, probs, labels, seen, unreadable, settings, len(folds), base.classes)
+    outputs.report.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -216,17 +223,12 @@ def main(argv: list[str] | None = None) -> None:
     quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
     from pipeline.models import WeightsUnavailable
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--raw", type=Path, required=True)
-    parser.add_argument("--split", type=Path, required=True)
-    for name in ("out", "sheet", "report"):
-        parser.add_argument(f"--{name}", type=Path, required=True)
-    args = parser.parse_args(argv)
-    try:
-        s = run(args.params, args.raw, args.split, {k: getattr(args, k) for k in ("out", "sheet", "report")})
-    except WeightsUnavailable as err:
-        raise SystemExit(f"label_review: {err} (label_review itself never runs on random weights)") from None
+    args = parser(__doc__, Inputs, Outputs).parse_args(argv)
+    with one_line_errors("label_review"):
+        try:
+            s = run(load_params(args.params), paths(Inputs, args), paths(Outputs, args))
+        except WeightsUnavailable as err:
+            raise StageError(f"{err} (label_review itself never runs on random weights)") from None
     per_class = ", ".join(f"{c} {n}" for c, n in s["flagged_per_class"].items())
     print(f"label_review: {s['flagged']} of {s['images_reviewed']} images flagged for label review ({per_class}); "
           f"out-of-fold head accuracy {s['head_out_of_fold_accuracy']}; nothing excluded; {args.out}")

@@ -86,7 +86,7 @@ def from_sheet(sheet: Path, who: str, today: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pipeline.params import load_section
+    from pipeline.params import load_params
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = [{"sha256": args.sha256, "correct_label": args.label, "who": args.who, "when": today, "note": args.note}]
     else:
         rows = from_sheet(args.sheet, args.who, today)
-    classes = load_section("base", args.params).classes
+    classes = load_params(args.params).base.classes
     before = args.file.read_bytes() if args.file.is_file() else None
     append(args.file, rows)
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.stats import fmt
+from pipeline.metrics import fmt
 
 
 def span(ci) -> str:

@@ -1,7 +1,10 @@
-"""The architecture registry: name -> Keras constructor, preprocessing, input size, weights file.
+"""The architecture table: name -> Keras constructor, preprocessing, input size, weights file.
+
+Not the MLflow Model Registry (pipeline/registry/): `train.architectures` in params.yaml names
+entries of `ARCHITECTURES`, and `get_arch` is where an unknown name is refused.
 
 Preprocessing is built from stock layers inside the model (no Lambda layers, which Keras 3
-refuses to load safely), so the saved model, the TFLite file and the registry all take the
+refuses to load safely), so the saved model, the TFLite file and the registered model all take the
 same input: RGB pixels in 0..255, float32, at the architecture's input size.
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ class Arch:
     weights_file: str | None  # file name Keras keeps under $KERAS_HOME/models/ ({alpha} and {size} filled in)
 
 
-REGISTRY: dict[str, Arch] = {
+ARCHITECTURES: dict[str, Arch] = {
     "MobileNetV2": Arch("MobileNetV2", "tf", 224, "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{size}_no_top.h5"),
     **{f"DenseNet{d}": Arch(f"DenseNet{d}", "torch", 224, f"densenet{d}_weights_tf_dim_ordering_tf_kernels_notop.h5")
        for d in (121, 169, 201)},
@@ -48,9 +51,9 @@ class WeightsUnavailable(RuntimeError):
 
 
 def get_arch(name: str) -> Arch:
-    if name not in REGISTRY:
-        raise ValueError(f"unknown architecture {name!r}; valid names: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; valid names: {', '.join(sorted(ARCHITECTURES))}")
+    return ARCHITECTURES[name]
 
 
 def keras_cache() -> Path:

@@ -1,7 +1,9 @@
-"""Typed, frozen access to params.yaml: the only home of settings.
+"""Typed, frozen access to params.yaml: the only home of settings, and the only place they are checked.
 
-`load_params()` rejects unknown and missing keys with a message naming the key, so a
-typo in params.yaml fails the stage at once instead of silently falling back to a default.
+`load_params()` rejects unknown and missing keys with a message naming the key, values outside
+their allowed set, and settings of different sections that contradict each other, so a typo in
+params.yaml fails the first stage at once instead of a later one, or silently falling back to a default.
+Stages receive the result (`Params`) and read only the sections their dvc.yaml entry declares.
 """
 from __future__ import annotations
 
@@ -142,10 +144,31 @@ class Flow:
     train_retries: int              # workers: a failed or crashed train flow run is started again this often
 
 
-SECTIONS: dict[str, type] = {"base": Base, "validate": Validate, "dedup": Dedup, "split": Split,
-                             "augment": Augment, "train": Train, "evaluate": Evaluate,
-                             "export": Export, "register": Register, "label_review": LabelReview,
-                             "flow": Flow}
+@dataclass(frozen=True)
+class Params:
+    """Every section of params.yaml, checked."""
+    base: Base
+    validate: Validate
+    dedup: Dedup
+    split: Split
+    augment: Augment
+    train: Train
+    evaluate: Evaluate
+    export: Export
+    register: Register
+    label_review: LabelReview
+    flow: Flow
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(Params)
+
+# allowed values (the stages that use them look names up in their own tables, keyed the same way)
+HASH_KINDS = ("phash", "dhash", "ahash", "whash")
+RULES = ("superiority", "non_inferiority")
+GATES = ("point", "lower_bound")
+TRAIN_ON = ("local", "workers")
+# metrics a non-inferiority test can bound with a stated error rate (linear in per-image correctness)
+LINEAR_METRICS = ("accuracy", "balanced_accuracy")
 
 
 def _coerce(value, kind, where: str):
@@ -191,20 +214,52 @@ def build(cls, raw, where: str):
     return cls(**{k: _coerce(raw[k], hints[k], f"{where}.{k}") for k in hints if k in raw})
 
 
-def load_section(name: str, path: str | Path = "params.yaml"):
-    """One section of params.yaml as its frozen dataclass."""
-    if name not in SECTIONS:
-        raise ParamsError(f"unknown params section {name!r} (known: {', '.join(SECTIONS)})")
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    if name not in raw:
-        raise ParamsError(f"missing section {name!r} in {path}")
-    return build(SECTIONS[name], raw[name], name)
+def selectable_metrics(base: Base) -> list[str]:
+    """What evaluate.select_by may name: class-averaged scores and each positive class's sensitivity."""
+    return ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"] + [f"sensitivity_{c}" for c in base.positive_classes]
 
 
-def load_params(path: str | Path = "params.yaml") -> dict:
-    """Every section, checked; unknown top-level sections are an error too."""
+def _one_of(value, allowed, where: str) -> None:
+    if value not in allowed:
+        raise ParamsError(f"{where} is {value!r}; allowed: {', '.join(map(str, allowed))}")
+
+
+def check(p: Params) -> Params:
+    """Allowed values and the rules that tie sections together; returns p unchanged when all hold."""
+    classes = p.base.classes
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ParamsError(f"base.classes needs at least two distinct names, got {list(classes)}")
+    for where, names in (("base.positive_classes", p.base.positive_classes),
+                         ("register.min_sensitivity", tuple(p.register.min_sensitivity))):
+        unknown = [c for c in names if c not in classes]
+        if unknown:
+            raise ParamsError(f"{where} names {unknown[0]!r}, which is not in base.classes {list(classes)}")
+    _one_of(p.dedup.hash, HASH_KINDS, "dedup.hash")
+    if not 2 <= p.dedup.hash_size <= 8:
+        raise ParamsError(f"dedup.hash_size is {p.dedup.hash_size}; allowed: 2..8 (hashes of at most 64 bits)")
+    if not 0 < p.split.val + p.split.test < 1 or min(p.split.val, p.split.test) < 0:
+        raise ParamsError("split.val and split.test must be >= 0 with a sum between 0 and 1")
+    _one_of(p.evaluate.select_by, selectable_metrics(p.base), "evaluate.select_by")
+    _one_of(p.register.rule, RULES, "register.rule")
+    _one_of(p.register.gate_on, GATES, "register.gate_on")
+    if p.register.rule == "non_inferiority" and not (p.evaluate.select_by in LINEAR_METRICS
+                                                     or p.evaluate.select_by.startswith("sensitivity_")):
+        raise ParamsError(f"register.rule non_inferiority has no test with a stated error rate for "
+                          f"evaluate.select_by {p.evaluate.select_by}; use superiority, or select_by "
+                          f"{', '.join(LINEAR_METRICS)} or sensitivity_<class>")
+    if p.label_review.folds < 2:
+        raise ParamsError(f"label_review.folds is {p.label_review.folds}; allowed: 2 or more")
+    _one_of(p.flow.train_on, TRAIN_ON, "flow.train_on")
+    return p
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Every section, built and checked; an unknown or missing section is an error too."""
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ParamsError(f"unknown params section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
-    return {name: load_section(name, path) for name in SECTIONS}
+    missing = [name for name in SECTIONS if name not in raw]
+    if missing:
+        raise ParamsError(f"missing section {missing[0]!r} in {path}")
+    return check(Params(**{name: build(kind, raw[name], name) for name, kind in SECTIONS.items()}))

@@ -2,7 +2,8 @@
 
 A group never straddles two splits. The ledger (`ledger.csv`, persisted across runs and data
 versions) remembers, for every image content (sha256) ever assigned, the most training-ward
-split it ever had, and its perceptual hash. Its rules:
+split it ever had, and its perceptual hash (`perceptual_hash`: the kind and size dedup chose and
+the value, "dhash:8:9f3a..."; older tables call the column `phash`, renamed on read). Its rules:
 - content that was ever in training, or a near-duplicate of it (within `dedup.max_distance`),
   is never placed in val or test again, whatever its path, label or group now;
 - held-out content keeps its split (so champion and challenger meet the same test images);
@@ -14,9 +15,9 @@ their class lacks most (seeded order among equals).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,24 +25,35 @@ import pandas as pd
 
 from pipeline.console import quiet
 from pipeline.hamming import near_pairs
-from pipeline.params import Base, Split, load_section
+from pipeline.params import Params, Split, load_params
+from pipeline.stage import one_line_errors, parser, paths
 
 SPLITS = ("train", "val", "test")
-LEDGER = ["sha256", "phash", "split", "first_split", "path", "label"]
+LEDGER = ["sha256", "perceptual_hash", "split", "first_split", "path", "label"]
+OLD_HASH_COLUMN = "phash"  # the name of perceptual_hash in groups.csv and ledger.csv before it held other kinds
+
+
+@dataclass(frozen=True)
+class Inputs:
+    groups: Path
+
+
+@dataclass(frozen=True)
+class Outputs:
+    out: Path           # split.csv: the table every later stage reads (pipeline/tables.py)
+    ledger: Path        # every assignment ever made, by content (persisted)
+    report: Path
 
 
 def training_rows(groups: pd.DataFrame) -> pd.DataFrame:
     """The images a model may see: no label conflicts and one copy of each exact duplicate."""
     keep = ~groups.conflict.astype(bool) & (groups.duplicate_of.fillna("") == "")
-    cols = [c for c in ("path", "label", "group_id", "sha256", "phash") if c in groups]
+    cols = [c for c in ("path", "label", "group_id", "sha256", "perceptual_hash") if c in groups]
     return groups.loc[keep, cols].sort_values("path").reset_index(drop=True)
 
 
 def ratios(params: Split) -> dict[str, float]:
-    train = 1.0 - params.val - params.test
-    if min(train, params.val, params.test) < 0:
-        raise SystemExit("split: split.val + split.test must be between 0 and 1")
-    return {"train": train, "val": params.val, "test": params.test}
+    return {"train": 1.0 - params.val - params.test, "val": params.val, "test": params.test}
 
 
 def parse_hash(value: str) -> tuple[str, int] | None:
@@ -54,7 +66,7 @@ def near_trained(rows: pd.DataFrame, ledger: pd.DataFrame, max_distance: int) ->
     """For each row: the path-free reason it must train (near-duplicate of ever-trained content), or ''."""
     reasons = pd.Series("", index=rows.index)
     trained = ledger[ledger.split == "train"]
-    mine, theirs = rows.phash.map(parse_hash), trained.phash.map(parse_hash)
+    mine, theirs = rows.perceptual_hash.map(parse_hash), trained.perceptual_hash.map(parse_hash)
     for kind in {h[0] for h in mine.dropna()}:
         a = [(i, h[1]) for i, h in mine.items() if h and h[0] == kind]
         b = [(sha, h[1]) for sha, h in zip(trained.sha256, theirs) if h and h[0] == kind]
@@ -72,7 +84,8 @@ def near_trained(rows: pd.DataFrame, ledger: pd.DataFrame, max_distance: int) ->
 def keep_previous(rows: pd.DataFrame, ledger: pd.DataFrame, max_distance: int) -> tuple[dict, pd.Series]:
     """group -> split for every group the ledger constrains, and each row's reason to train."""
     known = dict(zip(ledger.sha256, ledger.split))
-    reason = near_trained(rows, ledger, max_distance) if "phash" in rows else pd.Series("", index=rows.index)
+    reason = (near_trained(rows, ledger, max_distance) if "perceptual_hash" in rows
+              else pd.Series("", index=rows.index))
     reason[rows.sha256.map(known).eq("train")] = "was in training before"
     placed = {}
     for gid, members in rows.groupby("group_id"):
@@ -136,19 +149,35 @@ def update_ledger(ledger: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
     both = old.index.intersection(new.index)
     toward_train = np.minimum(old.loc[both, "split"].map(rank), new.loc[both, "split"].map(rank))
     old.loc[both, "split"] = [SPLITS[i] for i in toward_train]
-    old.loc[both, ["path", "label", "phash"]] = new.loc[both, ["path", "label", "phash"]].to_numpy()
+    kept = ["path", "label", "perceptual_hash"]
+    old.loc[both, kept] = new.loc[both, kept].to_numpy()
     fresh = new.loc[new.index.difference(old.index)]
     out = pd.concat([old, fresh.assign(first_split=fresh.split)[LEDGER[1:]]])
     return out.rename_axis("sha256").reset_index()[LEDGER].sort_values("sha256").reset_index(drop=True)
 
 
+def read_persisted(path: Path) -> pd.DataFrame:
+    """groups.csv or ledger.csv as text; a table from before `perceptual_hash` was named gets the name."""
+    table = pd.read_csv(path, keep_default_na=False, dtype=str)
+    return table.rename(columns={OLD_HASH_COLUMN: "perceptual_hash"})
+
+
+def read_groups(path: Path) -> pd.DataFrame:
+    """dedup's groups.csv, `conflict` as a boolean; without perceptual hashes, no near-duplicate rule applies."""
+    groups = read_persisted(path)
+    groups["conflict"] = groups.conflict.str.lower() == "true"
+    if "perceptual_hash" not in groups:
+        groups["perceptual_hash"] = ""
+    return groups
+
+
 def read_ledger(path: Path, old_split: Path, groups: pd.DataFrame) -> pd.DataFrame:
     """The ledger; started from the last split.csv (by path) when a project predates it."""
     if path.exists():
-        return pd.read_csv(path, keep_default_na=False, dtype=str)
+        return read_persisted(path)
     if not old_split.exists():
         return pd.DataFrame(columns=LEDGER)
-    old = pd.read_csv(old_split, keep_default_na=False).merge(groups[["path", "sha256", "phash"]], on="path")
+    old = pd.read_csv(old_split, keep_default_na=False).merge(groups[["path", "sha256", "perceptual_hash"]], on="path")
     return old.assign(first_split=old.split)[LEDGER].drop_duplicates("sha256")
 
 
@@ -168,37 +197,26 @@ def summarize(split: pd.DataFrame, groups: pd.DataFrame, ledger: pd.DataFrame, m
     }
 
 
-def run(params_path: Path, groups_path: Path, out: Path, report: Path, ledger_path: Path | None = None) -> dict:
-    base: Base = load_section("base", params_path)
-    params: Split = load_section("split", params_path)
-    max_distance = load_section("dedup", params_path).max_distance
-    ledger_path = ledger_path or out.with_name("ledger.csv")
-    groups = pd.read_csv(groups_path, keep_default_na=False, dtype={"sha256": str, "phash": str})
-    groups["conflict"] = groups.conflict.astype(str).str.lower() == "true"
-    if "phash" not in groups:
-        groups["phash"] = ""
-    ledger = read_ledger(ledger_path, out, groups)
-    split = assign_splits(groups, ledger, params, base.seed, max_distance)
+def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
+    base = params.base
+    groups = read_groups(inputs.groups)
+    ledger = read_ledger(outputs.ledger, outputs.out, groups)
+    split = assign_splits(groups, ledger, params.split, base.seed, params.dedup.max_distance)
     moved = moves(split, ledger)
     summary = summarize(split, groups, ledger, moved, base.classes)
-    for path in (out, report, ledger_path):
+    for path in (outputs.out, outputs.report, outputs.ledger):
         path.parent.mkdir(parents=True, exist_ok=True)
-    split[["path", "label", "group_id", "split", "sha256"]].to_csv(out, index=False)
-    update_ledger(ledger, split).to_csv(ledger_path, index=False)
-    report.write_text(json.dumps(summary, indent=2) + "\n")
+    split[["path", "label", "group_id", "split", "sha256"]].to_csv(outputs.out, index=False)
+    update_ledger(ledger, split).to_csv(outputs.ledger, index=False)
+    outputs.report.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     quiet()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--groups", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--ledger", type=Path, required=True)
-    parser.add_argument("--report", type=Path, required=True)
-    args = parser.parse_args(argv)
-    s = run(args.params, args.groups, args.out, args.report, args.ledger)
+    args = parser(__doc__, Inputs, Outputs).parse_args(argv)
+    with one_line_errors("split"):
+        s = run(load_params(args.params), paths(Inputs, args), paths(Outputs, args))
     sizes = {k: sum(v.values()) for k, v in s["per_split"].items()}
     print(f"split: {sizes} ({s['kept_from_ledger']} kept by the ledger, {s['newly_assigned']} new, "
           f"{s['moved']} moved, {len(s['left_test'])} left the test split)")

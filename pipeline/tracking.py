@@ -1,24 +1,21 @@
 """MLflow plumbing shared by the stages: where runs go, the pipeline's parent run, lineage tags."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import yaml
 
+from pipeline.endpoints import endpoint
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 # the kind makes the MLflow 3 UI open the experiment on its training runs, not on GenAI traces
 KIND = ("mlflow.experimentKind", "custom_model_development")
-
-
-def stack_env(root: Path = Path(".")) -> dict[str, str]:
-    """What `make stack` wrote for its clients ($STACK_DIR/env, default .stack/env); empty when no stack is up."""
-    path = Path(os.environ.get("STACK_DIR") or root / ".stack") / "env"
-    if not path.is_file():
-        return {}
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and line[0] != "#")
 
 
 def tracking_uri(root: Path = Path(".")) -> str:
@@ -26,7 +23,7 @@ def tracking_uri(root: Path = Path(".")) -> str:
     pointed at by every stage that logs."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or stack_env(root).get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+    uri = endpoint("MLFLOW_TRACKING_URI", root, DEFAULT_URI)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -52,10 +49,28 @@ def setup(experiment: str) -> str:
         return found.experiment_id
 
 
-def git_commit() -> str:
+def dvc_written(root: Path = Path(".")) -> list[str]:
+    """Git pathspecs of what DVC itself writes while the pipeline runs: dvc.lock, .dvc files, the
+    .gitignore files beside outputs, and every stage's outs, metrics and plots in dvc.yaml."""
+    dvc_yaml = Path(root) / "dvc.yaml"
+    stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}) if dvc_yaml.is_file() else {}
+    paths = {"dvc.lock", "**/*.dvc", "**/.gitignore"}
+    for stage in stages.values():
+        body = stage.get("do", stage)
+        for entry in (e for kind in ("outs", "metrics", "plots") for e in body.get(kind) or []):
+            name = re.sub(r"\$\{[^}]*\}", "*", entry if isinstance(entry, str) else next(iter(entry)))
+            paths |= {name, f"{name}/**"}
+    return sorted(paths)
+
+
+def git_commit(root: Path = Path(".")) -> str:
+    """HEAD, with `-dirty` only when tracked files differ from it beyond what DVC writes during the run
+    (dvc.lock and the stages' outputs change under every `dvc repro`; code, params or labels are a real diff)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        excludes = [f":(exclude,glob){p}" for p in dvc_written(root)]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes],
+                               cwd=root, capture_output=True, text=True)
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -74,6 +89,11 @@ def digest(*files: Path, extra: str = "") -> str:
     for f in files:
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def params_digest(params) -> str:
+    """A digest of the resolved settings (a Params), blind to comments and formatting of params.yaml."""
+    return digest(extra=json.dumps(dataclasses.asdict(params), sort_keys=True, default=str))
 
 
 def parent_run(experiment_id: str, key: str, tags: dict[str, str]) -> str:

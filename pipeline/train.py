@@ -11,11 +11,11 @@ An architecture with `weights: none` has nothing frozen and trains end to end.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +24,31 @@ import pandas as pd
 from pipeline import pixels
 from pipeline.console import quiet
 from pipeline.models import Parts, build_model, get_arch
-from pipeline.params import Train, load_section
+from pipeline.params import Params, Train, load_params
+from pipeline.stage import StageError, one_line_errors, parser, paths
 from pipeline.streams import CHUNK, Images, batches, predict_rows, to_file
+from pipeline.tables import read_split
+
+
+@dataclass(frozen=True)
+class Inputs:
+    raw: Path
+    augmented: Path     # augment's images
+    split: Path
+    augmented_csv: Path  # augment's listing of them
+
+
+@dataclass(frozen=True)
+class Outputs:
+    out: Path           # models/<arch>: model.keras, history.csv, run.json, validation confusion
+    metrics: Path
+
 
 def read_sets(raw: Path, augmented: Path, split_csv: Path, augmented_csv: Path, classes, size: int) -> dict:
     """The train set (with its augmented images) and the val set, read from the pixel cache a batch at a time."""
-    split = pd.read_csv(split_csv, keep_default_na=False)
+    train, val = (read_split(split_csv, s, classes) for s in ("train", "val"))
     extra = pd.read_csv(augmented_csv, keep_default_na=False)
     index, cache = {c: i for i, c in enumerate(classes)}, pixels.cache_dir(raw)
-    train, val = split[split.split == "train"], split[split.split == "val"]
     return {"train": Images([raw / p for p in train.path] + [augmented / p for p in extra.path],
                             pixels.shas_of(train) + [""] * len(extra),
                             np.array([index[c] for c in list(train.label) + list(extra.label)], dtype=int), size, cache),
@@ -168,7 +184,7 @@ def log_validation(mlflow, model, data: dict, classes, out_dir: Path) -> dict:
     """Validation accuracy and confusion matrix (PNG and JSON) of the assembled model, on images."""
     from sklearn.metrics import balanced_accuracy_score
 
-    from pipeline.reporting import confusion, write_confusion_json, write_confusion_png
+    from pipeline.confusion import confusion, write_confusion_json, write_confusion_png
 
     yv = data["val"].y
     pred = predict_rows(lambda x: model.predict_on_batch(x), data["val"]).argmax(1)
@@ -184,50 +200,58 @@ def log_validation(mlflow, model, data: dict, classes, out_dir: Path) -> dict:
     return scores
 
 
-def run(params_path: Path, name: str, inputs: dict[str, Path], out_dir: Path, metrics_path: Path) -> dict:
+def fit_and_save(mlflow, parts: Parts, data: dict, spec, settings: Train, weights, classes, out_dir: Path) -> dict:
+    """Train in the active MLflow run; save the model and its history in out_dir; what it took and scored."""
+    from pipeline.tracking import History
+
+    history, start = History(mlflow), time.perf_counter()
+    fit = fit_scratch if spec.weights == "none" else fit_cached
+    fit(parts, data, settings, weights, history)
+    seconds = time.perf_counter() - start
+    parts.model.save(out_dir / "model.keras")
+    pd.DataFrame(history.rows).to_csv(out_dir / "history.csv", index=False)
+    return {"training_seconds": round(seconds, 2), "epochs": len(history.rows),
+            "params": int(parts.model.count_params()),
+            "trainable_params": int(sum(np.prod(w.shape) for w in parts.model.trainable_weights)),
+            "model_bytes": (out_dir / "model.keras").stat().st_size,
+            **log_validation(mlflow, parts.model, data, classes, out_dir)}
+
+
+def run(params: Params, inputs: Inputs, outputs: Outputs, name: str) -> dict:
+    """Train architecture `name` of train.architectures."""
     import keras
     import mlflow
     import tensorflow as tf
 
     from pipeline import tracking
-    from pipeline.tracking import History
 
-    base_p, params = load_section("base", params_path), load_section("train", params_path)
-    if name not in params.architectures:
-        raise SystemExit(f"train: {name} is not in train.architectures ({', '.join(params.architectures)})")
-    spec, size = params.architectures[name], params.architectures[name].image_size or get_arch(name).size
+    base_p, settings, out_dir = params.base, params.train, outputs.out
+    if name not in settings.architectures:
+        raise StageError(f"{name} is not in train.architectures ({', '.join(settings.architectures)})")
+    spec, size = settings.architectures[name], settings.architectures[name].image_size or get_arch(name).size
     keras.utils.set_random_seed(base_p.seed)
     tf.config.experimental.enable_op_determinism()
-    parts = build_model(name, len(base_p.classes), spec.weights, size, spec.alpha, params.dropout, params.l2, base_p.seed)
-    data = read_sets(inputs["raw"], inputs["augmented"], inputs["split"], inputs["augmented_csv"], base_p.classes, size)
-    weights = class_weights(data["train"].y, len(base_p.classes)) if params.class_weights else None
-    experiment = tracking.setup(params.experiment)
+    parts = build_model(name, len(base_p.classes), spec.weights, size, spec.alpha, settings.dropout, settings.l2,
+                        base_p.seed)
+    data = read_sets(inputs.raw, inputs.augmented, inputs.split, inputs.augmented_csv, base_p.classes, size)
+    weights = class_weights(data["train"].y, len(base_p.classes)) if settings.class_weights else None
+    experiment = tracking.setup(settings.experiment)
     lineage = {"data_version": tracking.data_version(), "git_commit": tracking.git_commit()}
-    key = tracking.pipeline_key(inputs["split"], inputs["augmented_csv"], params_section=repr(params))
+    key = tracking.pipeline_key(inputs.split, inputs.augmented_csv, params_section=repr(settings))
     out_dir.mkdir(parents=True, exist_ok=True)
     with mlflow.start_run(run_id=tracking.parent_run(experiment, key, lineage)) as parent, \
             mlflow.start_run(run_name=f"{name} data {lineage['data_version'][:8]}", nested=True, experiment_id=experiment,
                              tags={"architecture": name, **lineage}) as child:
-        log_run_params(mlflow, name, spec, size, params, base_p.seed, data)
-        history, start = History(mlflow), time.perf_counter()
-        fit = fit_scratch if spec.weights == "none" else fit_cached
-        fit(parts, data, params, weights, history)
-        seconds = time.perf_counter() - start
-        parts.model.save(out_dir / "model.keras")
-        pd.DataFrame(history.rows).to_csv(out_dir / "history.csv", index=False)
-        summary = {"training_seconds": round(seconds, 2), "epochs": len(history.rows),
-                   "params": int(parts.model.count_params()),
-                   "trainable_params": int(sum(np.prod(w.shape) for w in parts.model.trainable_weights)),
-                   "model_bytes": (out_dir / "model.keras").stat().st_size,
-                   **log_validation(mlflow, parts.model, data, base_p.classes, out_dir)}
+        log_run_params(mlflow, name, spec, size, settings, base_p.seed, data)
+        summary = fit_and_save(mlflow, parts, data, spec, settings, weights, base_p.classes, out_dir)
         mlflow.log_metrics({k: v for k, v in summary.items() if k != "epochs"})
         mlflow.log_artifact(str(out_dir / "history.csv"))
         tracking.log_keras_model(parts.model, data["val"].read([0]).astype("float32"))
         info = {"architecture": name, "run_id": child.info.run_id, "parent_run_id": parent.info.run_id,
                 "experiment_id": experiment, "image_size": size, "classes": list(base_p.classes), **lineage}
     (out_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(summary, indent=2) + "\n")
+    outputs.metrics.parent.mkdir(parents=True, exist_ok=True)
+    outputs.metrics.write_text(json.dumps(summary, indent=2) + "\n")
     return {**summary, **info}
 
 
@@ -235,17 +259,14 @@ def main(argv: list[str] | None = None) -> None:
     quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
     from pipeline.models import WeightsUnavailable
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--arch", required=True)
-    for flag in ("raw", "augmented", "split", "augmented-csv", "out", "metrics"):
-        parser.add_argument(f"--{flag}", type=Path, required=True)
-    args = parser.parse_args(argv)
-    inputs = {"raw": args.raw, "augmented": args.augmented, "split": args.split, "augmented_csv": args.augmented_csv}
-    try:
-        s = run(args.params, args.arch, inputs, args.out, args.metrics)
-    except (WeightsUnavailable, ValueError) as err:
-        raise SystemExit(f"train@{args.arch}: {err}") from None
+    cli = parser(__doc__, Inputs, Outputs)
+    cli.add_argument("--arch", required=True, help="an architecture of train.architectures")
+    args = cli.parse_args(argv)
+    with one_line_errors(f"train@{args.arch}"):
+        try:
+            s = run(load_params(args.params), paths(Inputs, args), paths(Outputs, args), args.arch)
+        except (WeightsUnavailable, ValueError) as err:  # no weights file, an unknown architecture, data Keras refuses
+            raise StageError(str(err)) from None
     print(f"train@{args.arch}: val balanced accuracy {s['val_balanced_accuracy']:.3f} "
           f"in {s['training_seconds']:.0f}s ({s['epochs']} epochs); MLflow run {s['run_id']}")
 

@@ -2,26 +2,43 @@
 
 One bad file never stops the run: it is excluded with a reason. The stage fails only when
 the suite's thresholds are breached, naming each broken expectation.
+--corrections: clinicians' label decisions, applied by content (data/labels/corrections.csv);
+--version-file: only the files of the DVC data version it records (data/raw.dvc).
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline import pixels
+from pipeline import datadocs, pixels
 from pipeline.console import quiet
 from pipeline.images import UnusableImage, sha256_file
-from pipeline.params import Base, Validate, load_section
+from pipeline.params import Base, Params, Validate, load_params
+from pipeline.stage import StageError, one_line_errors, parser, paths
 
 COLUMNS = ["path", "label", "sha256", "format", "mode", "width", "height", "bytes", "status", "reason"]
 
 
-class ValidationFailed(RuntimeError):
-    """The suite failed; the message names every broken expectation."""
+@dataclass(frozen=True)
+class Inputs:
+    raw: Path
+    corrections: Path | None = None   # clinicians' label decisions (data/labels/corrections.csv)
+    version_file: Path | None = None  # only the files of this DVC data version (data/raw.dvc)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    manifest: Path
+    docs: Path          # Great Expectations Data Docs
+    summary: Path
+
+
+class ValidationFailed(StageError):
+    """The suite failed, or the input cannot be validated; the message names every broken expectation."""
 
 
 def list_files(raw_dir: Path) -> list[Path]:
@@ -88,15 +105,14 @@ def check_image(fmt: str, width: int, height: int, params: Validate) -> str | No
     return None
 
 
-def model_sizes(params_path: Path) -> tuple[int, ...]:
+def model_sizes(params: Params) -> tuple[int, ...]:
     """Every input size a stage will ask of the pixel cache: each architecture's and label_review's.
-    A name the registry lacks is train's to refuse; whatever size is asked later is made on first use."""
-    from pipeline.models import REGISTRY
+    A name the architecture table lacks is train's to refuse; whatever size is asked later is made on first use."""
+    from pipeline.models import ARCHITECTURES
 
-    train, review = load_section("train", params_path), load_section("label_review", params_path)
-    sizes = {spec.image_size or REGISTRY[name].size for name, spec in train.architectures.items()
-             if spec.image_size or name in REGISTRY}
-    return tuple(sorted(sizes | {review.image_size}))
+    sizes = {spec.image_size or ARCHITECTURES[name].size for name, spec in params.train.architectures.items()
+             if spec.image_size or name in ARCHITECTURES}
+    return tuple(sorted(sizes | {params.label_review.image_size}))
 
 
 def build_manifest(raw_dir: Path, base: Base, params: Validate, files: list[Path] | None = None,
@@ -121,60 +137,51 @@ def summarize(manifest: pd.DataFrame, classes: tuple[str, ...], failures: list[s
     }
 
 
-def run(params_path: Path, raw_dir: Path, manifest_path: Path, docs_dir: Path, summary_path: Path,
-        corrections: Path | None = None, version_file: Path | None = None) -> dict:
+def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     from pipeline import labels
     from pipeline.tracking import data_version
 
-    base, params = load_section("base", params_path), load_section("validate", params_path)
+    base, settings, raw_dir, version_file = params.base, params.validate, inputs.raw, inputs.version_file
     if not raw_dir.is_dir():
         raise ValidationFailed(f"{raw_dir} does not exist: put images in {raw_dir}/<class>/")
     try:  # clinicians' label decisions, applied by content; data/raw is never touched
-        decisions = labels.load(corrections, base.classes)
+        decisions = labels.load(inputs.corrections, base.classes)
     except labels.CorrectionsError as err:
         raise ValidationFailed(str(err)) from None
     files, versioned = list_files(raw_dir), versioned_files(version_file) if version_file else None
     if versioned is not None:  # the data version that will be recorded is the one used: later arrivals wait
         files = [f for f in files if f.as_posix() in versioned]
-    manifest = labels.apply(build_manifest(raw_dir, base, params, files, model_sizes(params_path)), decisions)
-    manifest_path.parent.mkdir(parents=True, exist_ok=True)
-    manifest.to_csv(manifest_path, index=False)
+    manifest = labels.apply(build_manifest(raw_dir, base, settings, files, model_sizes(params)), decisions)
+    outputs.manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.to_csv(outputs.manifest, index=False)
     version = data_version(version_file) if version_file and versioned is not None else "untracked"
     from pipeline.expectations import run_suite  # GE is slow to import (and after the worker processes fork)
 
-    failures = run_suite(manifest, base, params, docs_dir, run_name=f"data-{version.removesuffix('.dir')[:8]}")
+    failures = run_suite(manifest, base, settings, outputs.docs, run_name=f"data-{version.removesuffix('.dir')[:8]}")
     summary = summarize(manifest, base.classes, failures)
     summary["not_in_data_version"] = len(list_files(raw_dir)) - len(files)
     summary["data_version"] = version
-    summary_path.parent.mkdir(parents=True, exist_ok=True)
-    summary_path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    outputs.summary.parent.mkdir(parents=True, exist_ok=True)
+    outputs.summary.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if failures:
         raise ValidationFailed("data validation failed:\n  - " + "\n  - ".join(failures)
-                               + f"\nsee {docs_dir / 'index.html'} and {manifest_path}")
+                               + f"\nsee {outputs.docs / 'index.html'} and {outputs.manifest}")
     return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     quiet()
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--raw", type=Path, required=True)
-    parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--docs", type=Path, required=True)
-    parser.add_argument("--summary", type=Path, required=True)
-    parser.add_argument("--corrections", type=Path, help="clinicians' label decisions (data/labels/corrections.csv)")
-    parser.add_argument("--version-file", type=Path, help="only the files of this DVC data version (data/raw.dvc)")
-    args = parser.parse_args(argv)
-    try:
-        summary = run(args.params, args.raw, args.manifest, args.docs, args.summary, args.corrections,
-                      args.version_file)
-    except ValidationFailed as err:
-        raise SystemExit(f"validate: {err}") from None
+    args = parser(__doc__, Inputs, Outputs).parse_args(argv)
+    with one_line_errors("validate"):
+        summary = run(load_params(args.params), paths(Inputs, args), paths(Outputs, args))
     print(f"validate: {summary['ok']} usable, {summary['excluded']} excluded of {summary['files']} files; "
           f"{summary['label_decisions_applied']} clinician label decisions applied")
     if summary["not_in_data_version"]:
         print(f"validate: {summary['not_in_data_version']} files in {args.raw} are not in the recorded data version "
               f"({args.version_file}) and wait for the next run (`dvc add {args.raw}` records them)")
+    if not datadocs.installed():
+        print(f"validate: the Data Docs pages in {args.docs} will look plain (no page assets in "
+              f"{datadocs.vendor_dir()}) until `python -m pipeline.datadocs --install` is run")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared fixtures: a shrunk copy of the real params, image factories, the shared data sets."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -41,6 +42,50 @@ def shrink_params(tmp_path: Path, **overrides) -> Path:
     return path
 
 
+def shrunk(tmp_path: Path, **overrides):
+    """The checked params a stage's run() takes, from a shrunk copy of the real params.yaml."""
+    from pipeline.params import load_params
+
+    return load_params(shrink_params(tmp_path, **overrides))
+
+
+def train_settings(**changes):
+    """The real train section with some settings changed, for tests that call the fitting functions."""
+    from pipeline.params import load_params
+
+    return dataclasses.replace(load_params(ROOT / "params.yaml").train, **changes)
+
+
+# the demo-sized image sets of the stage tests (a few images per class) pass validate's suite
+SMALL_DATA = {"validate": {"min_images_per_class": 5}}
+
+
+# A whole pipeline run in about a minute: the flow tests and the browser tests train both architectures
+TINY_PIPELINE = {"validate": {"min_images_per_class": 8}, "augment": {"target_per_class": 20},
+                 "train": {"head_epochs": 1, "finetune_epochs": 1, "batch_size": 16,
+                           "architectures": {"MobileNetV2": {"weights": "imagenet", "alpha": 0.35},
+                                             "SmallCNN": {"weights": "none", "image_size": 48}}},
+                 "evaluate": {"bootstrap": 20}, "export": {"latency_repeats": 2},
+                 "register": {"min_sensitivity": {"cancer": 0.0}},
+                 "flow": {"quiet_seconds": 0, "retries": 0, "retry_delay_seconds": 1}}
+# ... and against the stack, one small architecture without ImageNet weights
+TINY_STACK = {"validate": {"min_images_per_class": 8}, "augment": {"target_per_class": 16},
+              "train": {"head_epochs": 1, "finetune_epochs": 0, "batch_size": 16,
+                        "architectures": {"SmallCNN": {"weights": "none", "image_size": 32}}},
+              "evaluate": {"bootstrap": 20}, "export": {"latency_repeats": 2},
+              "register": {"min_sensitivity": {"cancer": 0.0}, "bootstrap": 20}}
+
+
+def bench_module(name: str):
+    """A script of bench/ as a module, so a test and its benchmark measure one thing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def noise_image(seed: int, size=(96, 96), mode="RGB") -> Image.Image:
     """A distinct image: smooth random blobs (perceptual hashes of pure noise are unstable)."""
     rng = np.random.default_rng(seed)
@@ -56,7 +101,26 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture
 def small_params(tmp_path):
-    return shrink_params(tmp_path, validate={"min_images_per_class": 5})
+    return shrunk(tmp_path, **SMALL_DATA)
+
+
+def data_stages(params, raw: Path, work: Path, reports: Path | None = None, corrections: Path | None = None,
+                upto: str = "split") -> dict[str, dict]:
+    """validate -> dedup -> split (or fewer, `upto`), the real stages, with dvc.yaml's file names in `work`
+    and their JSON reports in `reports` (default `work`). Returns each stage's summary by name."""
+    from pipeline import dedup, split, validate
+
+    reports = reports or work
+    done = {"validate": validate.run(params, validate.Inputs(raw, corrections), validate.Outputs(
+        manifest=work / "manifest.csv", docs=work / "docs", summary=reports / "validation.json"))}
+    if upto in ("dedup", "split"):
+        done["dedup"] = dedup.run(params, dedup.Inputs(raw, work / "manifest.csv"), dedup.Outputs(
+            groups=work / "groups.csv", cache=work / "hash_cache.json", quarantine=work / "quarantine",
+            report=reports / "dedup.json", sheet=work / "dedup_groups.png"))
+    if upto == "split":
+        done["split"] = split.run(params, split.Inputs(work / "groups.csv"), split.Outputs(
+            out=work / "split.csv", ledger=work / "ledger.csv", report=reports / "split.json"))
+    return done
 
 
 @pytest.fixture(scope="session")
@@ -202,3 +266,19 @@ def pytest_collection_modifyitems(items):
     longest modules start at once instead of one of them running alone at the end."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)  # stable: order within a module is kept
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A real Prefect server on a loopback port, with its own database."""
+    with prefect_server_at(tmp_path / "prefect") as env:
+        yield env
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Path:
+    """A scratch copy of the project: git + DVC repo with a local remote, tiny params, demo images."""
+    root = scratch_workspace(tmp_path, TINY_PIPELINE)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    monkeypatch.chdir(root)
+    return root

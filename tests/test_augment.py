@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.augment import augment_image, plan, run
+from pipeline.augment import Inputs, Outputs, augment_image, plan, run
 from pipeline.params import Augment
-from tests.conftest import noise_image, shrink_params, tree_digest
+from tests.conftest import noise_image, shrunk, tree_digest
 
 STILL = Augment(target_per_class=None, rotation=0, width_shift=0, height_shift=0, shear=0, zoom=0,
                 horizontal_flip=False, brightness=(1.0, 1.0))
@@ -43,16 +43,17 @@ def test_stage_augments_train_only_and_is_seeded(tmp_path):
         noise_image(i).save(raw / label / f"{i}.png")
         rows.append({"path": f"{label}/{i}.png", "label": label, "group_id": f"g{i}", "split": split})
     pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
-    params = shrink_params(tmp_path, augment={"target_per_class": 5})
+    params = shrunk(tmp_path, augment={"target_per_class": 5})
     before = tree_digest(raw)
-    summary = run(params, raw, tmp_path / "split.csv", tmp_path / "aug", tmp_path / "aug.csv")
+    stage = Inputs(raw, tmp_path / "split.csv"), Outputs(tmp_path / "aug", tmp_path / "aug.csv")
+    summary = run(params, *stage)
     listing = pd.read_csv(tmp_path / "aug.csv")
     assert summary["per_class_after"] == {"normal": 5, "cancer": 5}
     assert set(listing.source_path) <= {"cancer/4.png", "cancer/5.png", "normal/0.png", "normal/1.png",
                                         "normal/2.png", "normal/3.png"}  # never a test image
     assert all((tmp_path / "aug" / p).is_file() for p in listing.path)
     first = tree_digest(tmp_path / "aug")
-    run(params, raw, tmp_path / "split.csv", tmp_path / "aug", tmp_path / "aug.csv")
+    run(params, *stage)
     assert tree_digest(tmp_path / "aug") == first and tree_digest(raw) == before
 
 
@@ -65,7 +66,7 @@ def test_balanced_train_split_writes_an_empty_output_and_true_counts(tmp_path):
         noise_image(i).save(raw / label / f"{i}.png")
         rows.append({"path": f"{label}/{i}.png", "label": label, "group_id": f"g{i}", "split": "train"})
     pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
-    params = shrink_params(tmp_path, augment={"target_per_class": None})
-    summary = run(params, raw, tmp_path / "split.csv", tmp_path / "aug", tmp_path / "aug.csv")
+    params = shrunk(tmp_path, augment={"target_per_class": None})
+    summary = run(params, Inputs(raw, tmp_path / "split.csv"), Outputs(tmp_path / "aug", tmp_path / "aug.csv"))
     assert summary["augmented"] == 0 and summary["per_class_after"] == {"normal": 3, "cancer": 3}
     assert (tmp_path / "aug").is_dir() and len(pd.read_csv(tmp_path / "aug.csv")) == 0

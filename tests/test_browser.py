@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, SHARED, free_port, prefect_server_at, scratch_workspace, server
-from tests.test_flows import TINY
+from tests.conftest import TINY_PIPELINE
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -37,7 +37,7 @@ def run(tmp_path_factory):
     from flows.retrain import retrain
 
     tmp = tmp_path_factory.mktemp("browser")
-    root = scratch_workspace(tmp, TINY)
+    root = scratch_workspace(tmp, TINY_PIPELINE)
     shutil.copytree(SHARED / "weights" / "keras", tmp / "keras_home")
     with pytest.MonkeyPatch.context() as mp, prefect_server_at(tmp / "prefect") as env:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import noise_image, shrink_params
+from tests.conftest import SMALL_DATA, data_stages, noise_image, shrunk
 
 CONFIGS = {
     2: (["non-cancer", "cancer"], ["cancer"]),
@@ -29,7 +29,7 @@ def make_raw(raw, classes, per_class=14):
 def test_real_stages_on_other_class_counts(n_classes, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from pipeline import augment, dedup, evaluate, export, register, split, train, validate
+    from pipeline import augment, evaluate, export, register, train
     from pipeline.inference import classify, load_classifier
 
     classes, positive = CONFIGS[n_classes]
@@ -37,33 +37,27 @@ def test_real_stages_on_other_class_counts(n_classes, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     raw, out, reports = tmp_path / "raw", tmp_path / "out", tmp_path / "reports"
     make_raw(raw, classes)
-    params = shrink_params(
-        tmp_path, base={"classes": classes, "positive_classes": positive},
-        validate={"min_images_per_class": 5}, augment={"target_per_class": 12},
+    params = shrunk(
+        tmp_path, **SMALL_DATA, base={"classes": classes, "positive_classes": positive},
+        augment={"target_per_class": 12},
         train={"head_epochs": 3, "finetune_epochs": 0, "batch_size": 8,
                "architectures": {"SmallCNN": {"weights": "none", "image_size": 32}}},
         evaluate={"bootstrap": 200}, export={"latency_repeats": 2},
         register={"min_sensitivity": {c: 0.0 for c in positive}})
-    validate.run(params, raw, out / "manifest.csv", out / "docs", reports / "validation.json")
-    paths = {"groups": out / "g.csv", "cache": out / "c.json", "quarantine": out / "q",
-             "report": reports / "dedup.json", "sheet": out / "s.png"}
-    dedup.run(params, raw, out / "manifest.csv", paths)
-    split.run(params, paths["groups"], out / "split.csv", reports / "split.json")
-    augment.run(params, raw, out / "split.csv", out / "aug", out / "aug.csv")
-    inputs = {"raw": raw, "augmented": out / "aug", "split": out / "split.csv", "augmented_csv": out / "aug.csv"}
-    train.run(params, "SmallCNN", inputs, tmp_path / "models" / "SmallCNN", out / "train.json")
-    figures = {"models": tmp_path / "models", "metrics": reports / "metrics.json", "leaderboard": reports / "board.csv",
-               "figures": reports / "evaluate", "plots": reports / "confusion"}
-    for d in ("evaluate", "confusion"):
-        (reports / d).mkdir(parents=True, exist_ok=True)
-    metrics = evaluate.run(params, raw, out / "split.csv", figures)
+    data_stages(params, raw, out, reports)
+    augment.run(params, augment.Inputs(raw, out / "split.csv"), augment.Outputs(out / "aug", out / "aug.csv"))
+    train.run(params, train.Inputs(raw, out / "aug", out / "split.csv", out / "aug.csv"),
+              train.Outputs(tmp_path / "models" / "SmallCNN", out / "train.json"), "SmallCNN")
+    metrics = evaluate.run(params, evaluate.Inputs(raw, out / "split.csv", tmp_path / "models"), evaluate.Outputs(
+        reports / "metrics.json", reports / "board.csv", reports / "evaluate", reports / "confusion"))
     test = metrics["architectures"]["SmallCNN"]["test"]
     assert test["roc_auc"] is not None and 0 <= test["roc_auc"] <= 1  # binary AUC for 2, one-vs-rest for 4
     assert set(metrics["architectures"]["SmallCNN"]["test_report"]["classes"]) == set(classes)
-    export.run(params, raw, out / "split.csv", reports / "metrics.json", tmp_path / "export", reports / "export.json")
+    export.run(params, export.Inputs(raw, out / "split.csv", reports / "metrics.json"),
+               export.Outputs(tmp_path / "export", reports / "export.json"))
     assert (tmp_path / "export" / "labels.txt").read_text().split() == classes
-    result = register.run(params, raw, out / "split.csv", reports / "metrics.json", tmp_path / "export", reports,
-                          reports / "model_card.md", reports / "registry.json")
+    result = register.run(params, register.Inputs(raw, out / "split.csv", reports / "metrics.json", tmp_path / "export",
+                                                  reports), register.Outputs(reports / "model_card.md", reports / "registry.json"))
     assert result["alias"] == "champion" and result["version"] == 1
     card = (reports / "model_card.md").read_text()
     assert all(f"| {c} |" in card for c in classes)

@@ -4,8 +4,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from pipeline import dedup, split, validate
-from tests.conftest import shrink_params, tree_digest
+from tests.conftest import data_stages, shrunk, tree_digest
 
 GROUPING = {  # the three-way grouping suggested in the data set's SOURCE.md
     "actinic keratosis": "precancer",
@@ -28,16 +27,13 @@ def isic_raw(isic_dir, tmp_path_factory):
 
 def test_validate_dedup_split_guarantees(isic_raw, isic_dir, tmp_path):
     shared_before, raw_before = tree_digest(isic_dir), tree_digest(isic_raw)
-    params = shrink_params(tmp_path, base={"classes": ["benign", "precancer", "cancer"]})
+    params = shrunk(tmp_path, base={"classes": ["benign", "precancer", "cancer"]})
     out = tmp_path / "out"
-    summary = validate.run(params, isic_raw, out / "manifest.csv", out / "docs", out / "validation.json")
+    done = data_stages(params, isic_raw, out)
+    summary, report = done["validate"], done["dedup"]
     assert summary["ok"] == len(raw_before)  # all real images are readable and large enough
-    paths = {k: out / v for k, v in {"groups": "groups.csv", "cache": "cache.json", "quarantine": "q",
-                                     "report": "dedup.json", "sheet": "sheet.png"}.items()}
-    report = dedup.run(params, isic_raw, out / "manifest.csv", paths)
-    split.run(params, paths["groups"], out / "split.csv", out / "split.json")
 
-    groups = pd.read_csv(paths["groups"], keep_default_na=False)
+    groups = pd.read_csv(out / "groups.csv", keep_default_na=False)
     groups["conflict"] = groups.conflict.astype(str) == "True"
     splits = pd.read_csv(out / "split.csv", keep_default_na=False)
     manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
@@ -51,7 +47,7 @@ def test_validate_dedup_split_guarantees(isic_raw, isic_dir, tmp_path):
     conflicted = set(groups[groups.conflict].path)
     assert conflicted.isdisjoint(splits.path)
     assert report["conflict_images"] == len(conflicted)
-    quarantined = pd.read_csv(paths["quarantine"] / "conflicts.csv")
+    quarantined = pd.read_csv(out / "quarantine" / "conflicts.csv")
     assert set(quarantined.path) == conflicted
     # one copy of each content is trained on; every class reaches every split
     assert not splits.path.isin(groups[groups.duplicate_of != ""].path).any()

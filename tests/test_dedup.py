@@ -3,8 +3,13 @@ import json
 import pandas as pd
 from PIL import Image, ImageEnhance
 
-from pipeline.dedup import build_groups, compute_hash, group_contents, run
-from tests.conftest import noise_image, tree_digest
+from pipeline.dedup import HASHES, build_groups, compute_hash, group_contents
+from pipeline.params import HASH_KINDS
+from tests.conftest import data_stages, noise_image, tree_digest
+
+
+def test_every_hash_kind_params_allow_has_a_hash_function():
+    assert sorted(HASHES) == sorted(HASH_KINDS)
 
 
 def distance(a: int, b: int) -> int:
@@ -61,59 +66,47 @@ def test_conflicts_and_exact_copies():
     assert not groups.mixed_labels.any()
 
 
-def outputs(tmp_path):
-    out = tmp_path / "out"
-    return {"groups": out / "groups.csv", "cache": out / "cache.json", "quarantine": out / "quarantine",
-            "report": out / "dedup.json", "sheet": out / "sheet.png"}
-
-
 def test_stage_on_demo_data(tmp_path, demo_raw, small_params):
-    from pipeline.validate import run as validate
-
     before = tree_digest(demo_raw)
-    manifest = tmp_path / "manifest.csv"
-    validate(small_params, demo_raw, manifest, tmp_path / "docs", tmp_path / "v.json")
-    out = outputs(tmp_path)
-    summary = run(small_params, demo_raw, manifest, out)
-    groups = pd.read_csv(out["groups"], keep_default_na=False)
-    ok = pd.read_csv(manifest, keep_default_na=False).query("status == 'ok'")
+    out = tmp_path / "out"
+    summary = data_stages(small_params, demo_raw, out, upto="dedup")["dedup"]
+    groups = pd.read_csv(out / "groups.csv", keep_default_na=False)
+    ok = pd.read_csv(out / "manifest.csv", keep_default_na=False).query("status == 'ok'")
     assert sorted(groups.path) == sorted(ok.path)  # every usable image has a group
     assert summary["exact_duplicate_images"] == 3 + 1  # three copies plus the one filed twice
     assert summary["conflict_groups"] == 1 and summary["conflict_images"] == 2
     conflict = groups[groups.conflict.astype(str) == "True"]
     assert set(conflict.path) == {"cancer/referral 2023-114.jpg", "normal/normal_003.jpg"}
-    sheet = pd.read_csv(out["quarantine"] / "conflicts.csv", keep_default_na=False)
+    sheet = pd.read_csv(out / "quarantine" / "conflicts.csv", keep_default_na=False)
     assert set(sheet.path) == set(conflict.path) and "correct_label" in sheet.columns
     for copy in sheet.quarantined_copy:
-        assert (out["quarantine"] / copy).is_file()
+        assert (out / "quarantine" / copy).is_file()
     near = groups[groups.path.str.contains("rescan")]
     for row in near.itertuples():  # every re-encoded scan joins its original
         original = row.path.replace("_rescan.jpg", ".jpg").replace(".jpg", "")
         assert (groups[groups.path.str.startswith(original)].group_id == row.group_id).sum() >= 2
-    assert Image.open(out["sheet"]).size[0] > 0
+    assert groups.perceptual_hash.str.fullmatch(r"phash:8:[0-9a-f]+").all()  # the kind and size params chose
+    assert Image.open(out / "dedup_groups.png").size[0] > 0
     assert tree_digest(demo_raw) == before  # copied, never moved
 
 
 def test_rerun_hashes_only_new_images(tmp_path, small_params):
-    from pipeline.validate import run as validate
-
     raw = tmp_path / "raw"
     for label in ("normal", "precancer", "cancer"):
         (raw / label).mkdir(parents=True)
         for i in range(5):
             noise_image(hash((label, i)) % 100_000).save(raw / label / f"{i}.png")
-    out = outputs(tmp_path)
+    out = tmp_path / "out"
 
     def stage():
-        validate(small_params, raw, tmp_path / "m.csv", tmp_path / "docs", tmp_path / "v.json")
-        return run(small_params, raw, tmp_path / "m.csv", out)
+        return data_stages(small_params, raw, out, upto="dedup")["dedup"]
 
     assert stage()["hashed_now"] == 15
     assert stage()["hashed_now"] == 0
     noise_image(999).save(raw / "cancer" / "new.png")
     second = stage()
     assert (second["hashed_now"], second["hashed_from_cache"]) == (1, 15)
-    assert len(json.loads(out["cache"].read_text())) == 16
+    assert len(json.loads((out / "hash_cache.json").read_text())) == 16
 
 
 def test_hash_of_the_preview_validate_kept_is_the_hash_of_the_file(tmp_path):

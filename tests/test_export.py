@@ -72,3 +72,30 @@ def test_app_following_the_metadata_gets_the_same_predictions(tmp_path, keras_ho
     assert np.abs(ours - app).max() <= PREDICTION_TOLERANCE
     assert (ours.argmax(1) == app.argmax(1)).all()
     assert ours.std(axis=0).max() > 1e-3  # the images really are told apart (not a constant model)
+
+
+def test_tflite_parity_on_a_real_architecture():
+    from pipeline.export import VARIANTS, convert
+    from pipeline.inference import TFLiteModel
+    from pipeline.models import build_model
+
+    model = build_model("MobileNetV2", 3, "none", size=64, alpha=0.35, seed=0).model
+    x = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    reference = model.predict(x, verbose=0)
+    blobs = convert(model)
+    assert set(blobs) == set(VARIANTS)
+    np.testing.assert_allclose(TFLiteModel(blobs["float32"]).predict(x), reference, atol=1e-5)
+    np.testing.assert_allclose(TFLiteModel(blobs["float16"]).predict(x), reference, atol=2e-2)
+    assert len(blobs["dynamic_range"]) < len(blobs["float32"]) / 2
+
+
+def test_parity_check_rejects_a_variant_that_disagrees():
+    from pipeline.export import parity
+    from pipeline.params import load_params
+    from tests.conftest import ROOT
+
+    params = load_params(ROOT / "params.yaml").export
+    ref = np.eye(3)[[0, 1, 2, 0]]
+    assert parity(ref, ref, "float32", params)["accepted"]
+    bad = parity(ref, np.eye(3)[[0, 1, 2, 1]], "dynamic_range", params)
+    assert not bad["accepted"] and "top-1 agreement 0.7500" in bad["reason"]

@@ -109,7 +109,7 @@ def test_mpo_uses_the_primary_frame(tmp_path):
 
 def test_every_read_format_is_allowed_by_the_real_params():
     from pipeline.params import load_params
-    allowed = load_params(ROOT / "params.yaml")["validate"].formats
+    allowed = load_params(ROOT / "params.yaml").validate.formats
     assert {"JPEG", "MPO", "HEIF", "PNG", "WEBP", "TIFF", "BMP"} <= set(allowed)
 
 

@@ -1,7 +1,12 @@
-"""The served pyfunc: strict JSON for bad rows, and the parity-checked TFLite model inside it."""
+"""The served pyfunc: strict JSON for bad rows, the parity-checked TFLite model inside it, and
+`mlflow models serve` answering images from the registry's champion."""
 import base64
 import io
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,6 +14,8 @@ import pytest
 from PIL import Image
 
 from pipeline.inference import Classifier, ImageClassifier, from_artifacts, serving_artifacts
+from tests.colour_project import pipeline_run, project  # noqa: F401 (fixture)
+from tests.conftest import free_port, wait_for_http
 
 CLASSES = ["normal", "precancer", "cancer"]
 
@@ -76,3 +83,46 @@ def test_serving_runs_the_exported_tflite_model_with_keras_answers(tmp_path):
     del metadata["variants"]["float32"]  # not accepted by export: Keras is served
     (tmp_path / "metadata.json").write_text(json.dumps(metadata))
     assert from_artifacts(serving_artifacts(tmp_path / "model.keras", tmp_path)).keras_model is not None
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_images(project, monkeypatch):
+    import httpx
+
+    root, params = project
+    monkeypatch.chdir(root)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).get_model_version_by_alias("oralscan-classifier", "champion")
+    except Exception:
+        pipeline_run(root, params, "perfect")
+    import mlflow
+
+    served = Path(mlflow.artifacts.download_artifacts("models:/oralscan-classifier@champion", tracking_uri=uri))
+    assert (served / "artifacts" / "model_float32.tflite").is_file()  # serving runs the parity-checked TFLite
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+                               "models:/oralscan-classifier@champion", "--env-manager", "local",
+                               "--host", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, "MLFLOW_TRACKING_URI": uri,  # serve runs uvicorn from PATH
+                                   "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", 120, "mlflow models serve")
+        good = base64.b64encode((root / "raw" / "precancer" / "1.png").read_bytes()).decode()
+        broken = base64.b64encode(b"GIF89a garbage").decode()
+        reply = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
+                           json={"dataframe_split": {"columns": ["image"], "data": [[good], [broken]]}})
+        assert reply.status_code == 200, reply.text
+        rows = strict_json(reply.text)["predictions"]  # as a browser parses it: NaN would fail here
+        assert rows[0]["class"] == "precancer" and rows[0]["error"] == ""
+        assert rows[0]["prob_precancer"] > 0.9
+        assert rows[1]["class"] == "" and "not a readable image" in rows[1]["error"]
+        assert rows[1]["prob_precancer"] is None
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

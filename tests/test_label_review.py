@@ -6,12 +6,15 @@ import pytest
 from PIL import Image, ImageDraw, ImageEnhance
 
 from pipeline.contact_sheet import draw_label_issue_sheet
-from pipeline.label_review import find_issues, grouped_folds, issue_table, main, out_of_fold_probabilities, run
+from pipeline.label_review import (Inputs, Outputs, find_issues, grouped_folds, issue_table, main,
+                                   out_of_fold_probabilities, run)
 from pipeline.labels import from_sheet
 from pipeline.models import WeightsUnavailable
-from tests.conftest import shrink_params, tree_digest
+from pipeline.stage import StageError
+from tests.conftest import shrink_params, shrunk, tree_digest
 
 CLASSES = ("normal", "precancer", "cancer")
+THESE_CLASSES = {"classes": list(CLASSES)}  # base.classes, whatever order params.yaml lists them in
 WEIGHTS_224 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"  # no-top: any input size
 
 
@@ -57,7 +60,7 @@ def test_folds_shrink_to_the_number_of_groups_and_a_class_in_one_group_is_not_ch
     features = np.eye(5) + np.arange(5)[:, None]
     probs, seen = out_of_fold_probabilities(features, labels, folds, 3, seed=0)
     assert seen.tolist() == [True, True, True, True, False]  # the head never saw class 2 beside it
-    with pytest.raises(SystemExit, match="at least 2 duplicate groups"):
+    with pytest.raises(StageError, match="at least 2 duplicate groups"):
         grouped_folds(labels, np.zeros(5), 5, seed=0)
 
 
@@ -130,13 +133,13 @@ def test_stage_flags_planted_labels_on_real_images_with_the_genuine_network(tmp_
                                                  columns=split.columns)])
     with_broken.to_csv(tmp_path / "split.csv", index=False)
     before = tree_digest(raw)
-    params = shrink_params(tmp_path, label_review={"image_size": 96, "folds": 4, "sheet_images": 12,
-                                                   "weights": str(keras_home / "models" / WEIGHTS_224)},
-                           base={"classes": list(CLASSES)})
-    out = {"out": tmp_path / "r" / "issues.csv", "sheet": tmp_path / "r" / "issues.png",
-           "report": tmp_path / "r" / "review.json"}
-    summary = run(params, raw, tmp_path / "split.csv", out)
-    issues = pd.read_csv(out["out"])
+    params = shrunk(tmp_path, label_review={"image_size": 96, "folds": 4, "sheet_images": 12,
+                                            "weights": str(keras_home / "models" / WEIGHTS_224)},
+                    base=THESE_CLASSES)
+    out = Outputs(out=tmp_path / "r" / "issues.csv", sheet=tmp_path / "r" / "issues.png",
+                  report=tmp_path / "r" / "review.json")
+    summary = run(params, Inputs(raw, tmp_path / "split.csv"), out)
+    issues = pd.read_csv(out.out)
     assert set(PLANTED) <= set(issues.path), issues[["path", "label", "suggested_label", "label_quality"]]
     assert len(issues) <= len(PLANTED) + 3
     wrong = issues.set_index("path").loc[list(PLANTED)]
@@ -144,29 +147,27 @@ def test_stage_flags_planted_labels_on_real_images_with_the_genuine_network(tmp_
     assert list(issues.columns) == ["path", "sha256", "label", "suggested_label", "label_quality",
                                     "p_normal", "p_precancer", "p_cancer", "split", "group_id", "rank",
                                     "correct_label"]
-    assert json.loads(out["report"].read_text()) == summary
+    assert json.loads(out.report.read_text()) == summary
     assert summary["images_reviewed"] == len(split) and summary["flagged"] == len(issues)
     assert list(summary["not_checked"]["unreadable"]) == ["normal/broken.png"]
     assert summary["head_out_of_fold_accuracy"] >= 0.85
-    assert Image.open(out["sheet"]).size[0] > 0
+    assert Image.open(out.sheet).size[0] > 0
     assert tree_digest(raw) == before  # nothing moved, changed or excluded
 
 
 def test_missing_weights_stop_the_stage_with_the_file_named(tmp_path, keras_home):
     raw = tmp_path / "raw"
     write_set(raw, per_class=2).to_csv(tmp_path / "split.csv", index=False)
-    params = shrink_params(tmp_path, label_review={"weights": str(tmp_path / "nope.h5")},
-                           base={"classes": list(CLASSES)})
+    params = shrink_params(tmp_path, label_review={"weights": str(tmp_path / "nope.h5")}, base=THESE_CLASSES)
     argv = ["--params", str(params), "--raw", str(raw), "--split", str(tmp_path / "split.csv"),
             "--out", str(tmp_path / "o.csv"), "--sheet", str(tmp_path / "o.png"), "--report", str(tmp_path / "o.json")]
     with pytest.raises(SystemExit, match=r"label_review: MobileNetV2: weights file .*nope\.h5 does not exist"):
         main(argv)
     assert not (tmp_path / "o.csv").exists()
-    random = shrink_params(tmp_path, label_review={"architecture": "SmallCNN", "weights": "none"},
-                           base={"classes": list(CLASSES)})
+    random = shrunk(tmp_path, label_review={"architecture": "SmallCNN", "weights": "none"}, base=THESE_CLASSES)
     with pytest.raises(WeightsUnavailable, match="needs pretrained features"):
-        run(random, raw, tmp_path / "split.csv", {"out": tmp_path / "o.csv", "sheet": tmp_path / "o.png",
-                                                  "report": tmp_path / "o.json"})
+        run(random, Inputs(raw, tmp_path / "split.csv"),
+            Outputs(out=tmp_path / "o.csv", sheet=tmp_path / "o.png", report=tmp_path / "o.json"))
 
 
 def test_empty_sheet_says_nothing_was_flagged(tmp_path):

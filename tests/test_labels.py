@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance
 
-from pipeline import dedup, labels, split, validate
+from pipeline import labels, split
 from pipeline.images import sha256_file
-from tests.conftest import ROOT, noise_image, shrink_params, tree_digest
+from tests.conftest import ROOT, data_stages, noise_image, shrunk, tree_digest
 
 CLASSES = ("normal", "precancer", "cancer")
 
@@ -61,18 +61,14 @@ class Project:
 
     def __init__(self, tmp_path):
         self.root, self.raw = tmp_path, tmp_path / "raw"
-        self.params = shrink_params(tmp_path, validate={"min_images_per_class": 5, "max_excluded_share": 0.5})
+        self.params = shrunk(tmp_path, validate={"min_images_per_class": 5, "max_excluded_share": 0.5})
         self.corrections = tmp_path / "corrections.csv"
         self.ever_trained: set[str] = set()
 
     def run(self) -> tuple[pd.DataFrame, dict]:
-        r, out = self.root, self.root / "out"
+        out = self.root / "out"
         before = tree_digest(self.raw)
-        validate.run(self.params, self.raw, out / "manifest.csv", out / "docs", out / "v.json", self.corrections)
-        paths = {"groups": out / "groups.csv", "cache": out / "cache.json", "quarantine": r / "quarantine",
-                 "report": out / "dedup.json", "sheet": out / "sheet.png"}
-        dedup.run(self.params, self.raw, out / "manifest.csv", paths)
-        report = split.run(self.params, out / "groups.csv", out / "split.csv", out / "split.json", out / "ledger.csv")
+        report = data_stages(self.params, self.raw, out, corrections=self.corrections)["split"]
         assert tree_digest(self.raw) == before  # no stage touches data/raw
         table = pd.read_csv(out / "split.csv", keep_default_na=False)
         held_out = set(table[table.split != "train"].sha256)
@@ -119,7 +115,7 @@ def test_ledger_keeps_trained_content_out_of_val_and_test_across_data_versions(t
     assert all(by_path.loc[path.replace(f"/{path.split('/')[1]}", f"/copy of {path.split('/')[1]}"), "split"] == "train"
                for path in with_copy)
     assert all(by_path.loc[path.replace(".png", " rescan.png"), "split"] == "train" for path in to_rescan)
-    conflicts = pd.read_csv(tmp_path / "quarantine" / "conflicts.csv", keep_default_na=False)
+    conflicts = pd.read_csv(tmp_path / "out" / "quarantine" / "conflicts.csv", keep_default_na=False)
     assert set(conflicts.path) >= set(to_conflict) and set(conflicts.status) == {"open"}
 
     # version 3: a clinician resolves the conflicts in the corrections file; the images come back to training
@@ -129,22 +125,27 @@ def test_ledger_keeps_trained_content_out_of_val_and_test_across_data_versions(t
     v3, report3 = p.run()
     back = v3[v3.sha256.isin(shas.values())]
     assert len(back) == 4 and set(back.split) == {"train"}
-    sheet = pd.read_csv(tmp_path / "quarantine" / "conflicts.csv", keep_default_na=False)
+    sheet = pd.read_csv(tmp_path / "out" / "quarantine" / "conflicts.csv", keep_default_na=False)
     resolved = sheet[sheet.status == "resolved"]
     assert set(resolved.sha256) == set(shas.values()) and resolved.decision.str.contains("dr. ana").all()
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
     decided = manifest[manifest.sha256.isin(shas.values())]
     assert len(decided) >= 8 and (decided.decision != "").all()  # every file of that content, copies included
-    assert json.loads((tmp_path / "out" / "v.json").read_text())["label_decisions_applied"] == len(decided)
+    assert json.loads((tmp_path / "out" / "validation.json").read_text())["label_decisions_applied"] == len(decided)
+
+
+def split_stage(tmp_path) -> tuple[split.Inputs, split.Outputs]:
+    return split.Inputs(tmp_path / "groups.csv"), split.Outputs(
+        out=tmp_path / "split.csv", ledger=tmp_path / "ledger.csv", report=tmp_path / "split.json")
 
 
 def test_split_report_accounts_for_every_image_that_left_the_test_split(tmp_path):
-    params = shrink_params(tmp_path)
+    params = shrunk(tmp_path)
     rows = [{"path": f"normal/{i}.png", "label": "normal", "group_id": f"g{i}", "conflict": False,
-             "sha256": f"s{i}", "duplicate_of": "", "phash": "", "mixed_labels": False} for i in range(40)]
+             "sha256": f"s{i}", "duplicate_of": "", "perceptual_hash": "", "mixed_labels": False} for i in range(40)]
     pd.DataFrame(rows).to_csv(tmp_path / "groups.csv", index=False)
     out, ledger = tmp_path / "split.csv", tmp_path / "ledger.csv"
-    split.run(params, tmp_path / "groups.csv", out, tmp_path / "split.json", ledger)
+    split.run(params, *split_stage(tmp_path))
     first = pd.read_csv(out)
     test_path = first[first.split == "test"].path.iloc[0]
     train_path = first[first.split == "train"].path.iloc[0]
@@ -152,20 +153,19 @@ def test_split_report_accounts_for_every_image_that_left_the_test_split(tmp_path
         if row["path"] in (test_path, train_path):
             row["group_id"] = "gmerged"
     pd.DataFrame(rows).to_csv(tmp_path / "groups.csv", index=False)
-    report = split.run(params, tmp_path / "groups.csv", out, tmp_path / "split.json", ledger)
+    report = split.run(params, *split_stage(tmp_path))
     assert [m["path"] for m in report["left_test"]] == [test_path]
     assert report["left_test"][0]["to"] == "train" and "gmerged" in report["left_test"][0]["reason"]
     assert pd.read_csv(ledger).set_index("sha256").loc[first.set_index("path").loc[test_path, "sha256"], "split"] == "train"
 
 
 def test_a_project_from_before_the_ledger_keeps_its_last_split(tmp_path):
-    params = shrink_params(tmp_path)
+    params = shrunk(tmp_path)
     rows = [{"path": f"normal/{i}.png", "label": "normal", "group_id": f"g{i}", "conflict": False,
-             "sha256": f"s{i}", "duplicate_of": "", "phash": "", "mixed_labels": False} for i in range(30)]
+             "sha256": f"s{i}", "duplicate_of": "", "perceptual_hash": "", "mixed_labels": False} for i in range(30)]
     pd.DataFrame(rows).to_csv(tmp_path / "groups.csv", index=False)
     old = pd.DataFrame({"path": [r["path"] for r in rows], "label": "normal", "group_id": [r["group_id"] for r in rows],
                         "split": ["test"] * 30})  # the old split.csv: by path, no sha256, no ledger beside it
     old.to_csv(tmp_path / "split.csv", index=False)
-    report = split.run(params, tmp_path / "groups.csv", tmp_path / "split.csv", tmp_path / "split.json",
-                       tmp_path / "ledger.csv")
+    report = split.run(params, *split_stage(tmp_path))
     assert report["kept_from_ledger"] == 30 and set(pd.read_csv(tmp_path / "split.csv").split) == {"test"}

@@ -1,13 +1,14 @@
-"""Every registry entry builds, takes raw pixels, and matches Keras' own preprocessing."""
+"""Every entry of the architecture table builds, takes raw pixels, and matches Keras' own preprocessing."""
 import numpy as np
 import pytest
 
-from pipeline.models import REGISTRY, WeightsUnavailable, build_model, get_arch, preprocessing_layers, resolve_weights
+from pipeline.models import (ARCHITECTURES, WeightsUnavailable, build_model, get_arch, preprocessing_layers,
+                             resolve_weights)
 
 TINY = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}  # the smallest inputs they accept
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 def test_forward_pass_on_tiny_input(name):
     size = TINY.get(name, 32)
     model = build_model(name, 3, weights="none", size=size, alpha=0.35 if name == "MobileNetV2" else 1.0).model

@@ -5,8 +5,8 @@ import pytest
 
 from pipeline import pixels, streams
 from pipeline.images import model_input
-from pipeline.validate import model_sizes, run
-from tests.conftest import ROOT, noise_image, shrink_params
+from pipeline.validate import Inputs, Outputs, model_sizes, run
+from tests.conftest import noise_image, shrunk, train_settings
 
 CLASSES = ("normal", "precancer", "cancer")
 
@@ -21,13 +21,13 @@ def make_raw(root, n=4, size=(640, 480)):
 
 def validate(tmp_path, raw, params):
     out = tmp_path / "out"
-    run(params, raw, out / "manifest.csv", out / "docs", out / "summary.json")
+    run(params, Inputs(raw), Outputs(out / "manifest.csv", out / "docs", out / "summary.json"))
     return pd.read_csv(out / "manifest.csv", keep_default_na=False)
 
 
 @pytest.fixture
 def params(tmp_path):
-    return shrink_params(tmp_path, validate={"min_images_per_class": 2, "min_width": 32, "min_height": 32})
+    return shrunk(tmp_path, validate={"min_images_per_class": 2, "min_width": 32, "min_height": 32})
 
 
 def test_validate_keeps_the_exact_model_input_of_every_configured_size(tmp_path, params):
@@ -81,8 +81,8 @@ def test_a_lower_pixel_limit_still_applies_to_cached_content(tmp_path, params):
     raw = make_raw(tmp_path / "raw", n=2)
     validate(tmp_path, raw, params)
     (tmp_path / "p2").mkdir()
-    lowered = shrink_params(tmp_path / "p2", validate={"min_images_per_class": 0, "min_width": 32,
-                                                       "min_height": 32, "max_pixels": 1000, "max_excluded_share": 1})
+    lowered = shrunk(tmp_path / "p2", validate={"min_images_per_class": 0, "min_width": 32,
+                                                "min_height": 32, "max_pixels": 1000, "max_excluded_share": 1})
     manifest = validate(tmp_path, raw, lowered)
     assert manifest.reason.str.contains("over the 1,000 limit").all()
 
@@ -136,17 +136,14 @@ def test_training_and_prediction_read_a_chunk_at_a_time(keras_home):
     import keras
 
     from pipeline.models import build_model
-    from pipeline.params import load_section
     from pipeline.tracking import History
     from pipeline.train import fit_cached
-    import dataclasses
 
     rng = np.random.default_rng(0)
     n = 3 * streams.CHUNK
     data = {k: Counting(rng.uniform(0, 255, (n, 32, 32, 3)).astype(np.float32), np.arange(n) % 3)
             for k in ("train", "val")}
-    params = dataclasses.replace(load_section("train", ROOT / "params.yaml"), batch_size=16, head_epochs=1,
-                                 finetune_epochs=1, finetune_layers=5)
+    params = train_settings(batch_size=16, head_epochs=1, finetune_epochs=1, finetune_layers=5)
     keras.utils.set_random_seed(1)
     parts = build_model("MobileNetV2", 3, "none", size=32, alpha=0.35, seed=1)
     fit_cached(parts, data, params, None, History())

@@ -71,7 +71,7 @@ def test_decision_summary_for_prefect(tmp_path):
 def test_data_docs_pages_point_at_local_copies(tmp_path):
     if not datadocs.installed():
         import pytest
-        pytest.fail(f"Data Docs assets missing in {datadocs.VENDOR}: run make install")
+        pytest.fail(f"Data Docs assets missing in {datadocs.vendor_dir()}: run make install")
     page = tmp_path / "validations" / "images" / "run" / "p.html"
     page.parent.mkdir(parents=True)
     page.write_text('<script src="https://cdn.jsdelivr.net/npm/vega@5"></script>'

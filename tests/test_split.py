@@ -1,12 +1,12 @@
 import json
 
 import numpy as np
-
 import pandas as pd
 import pytest
 
-from pipeline.params import Split
-from pipeline.split import LEDGER, assign_splits, run, training_rows, update_ledger
+from pipeline.params import Split, load_params
+from pipeline.split import LEDGER, Inputs, Outputs, assign_splits, main, run, training_rows, update_ledger
+from tests.conftest import SMALL_DATA, shrink_params
 
 PARAMS = Split(val=0.15, test=0.15)
 
@@ -18,7 +18,7 @@ def make_groups(n_groups: int, per_group: int = 1, labels=("normal", "precancer"
         for k in range(per_group if g % 4 else per_group + 2):  # some bigger groups
             rows.append({"path": f"{label}/{prefix}{g}_{k}.jpg", "label": label,
                          "group_id": f"g{prefix}{g}", "conflict": False, "sha256": f"{prefix}{g}_{k}",
-                         "duplicate_of": "", "phash": ""})
+                         "duplicate_of": "", "perceptual_hash": ""})
     return pd.DataFrame(rows)
 
 
@@ -83,15 +83,19 @@ def test_conflicts_and_exact_copies_are_left_out():
     assert len(rows) == len(groups) - 2
 
 
+def stage_paths(tmp_path) -> tuple[Inputs, Outputs]:
+    return Inputs(tmp_path / "groups.csv"), Outputs(tmp_path / "split.csv", tmp_path / "ledger.csv", tmp_path / "split.json")
+
+
 def test_stage_keeps_its_previous_output(tmp_path, small_params):
     groups = make_groups(60)
     groups.to_csv(tmp_path / "groups.csv", index=False)
     out, report = tmp_path / "split.csv", tmp_path / "split.json"
-    run(small_params, tmp_path / "groups.csv", out, report)
+    run(small_params, *stage_paths(tmp_path))
     first = pd.read_csv(out)
     assert list(first.columns) == ["path", "label", "group_id", "split", "sha256"]
     pd.concat([groups, make_groups(30, prefix="n")]).to_csv(tmp_path / "groups.csv", index=False)
-    summary = run(small_params, tmp_path / "groups.csv", out, report)
+    summary = run(small_params, *stage_paths(tmp_path))
     second = pd.read_csv(out).set_index("path")
     assert (second.loc[first.path, "split"].values == first.split.values).all()
     assert summary["kept_from_ledger"] == len(first)
@@ -106,7 +110,7 @@ def test_trained_content_never_returns_to_held_out_whatever_its_path_or_group():
     # the same content comes back under a new path, a new label and a group of its own, after leaving the data
     gone = groups[groups.sha256 != trained.sha256]
     back = pd.DataFrame([{"path": "cancer/renamed.jpg", "label": "cancer", "group_id": "gnew", "conflict": False,
-                          "sha256": trained.sha256, "duplicate_of": "", "phash": ""}])
+                          "sha256": trained.sha256, "duplicate_of": "", "perceptual_hash": ""}])
     ledger = ledger_of(assign_splits(gone, ledger, PARAMS, seed=1), ledger)  # it was absent for one version
     again = assign_splits(pd.concat([gone, back]), ledger, PARAMS, seed=1).set_index("path")
     assert again.loc["cancer/renamed.jpg", "split"] == "train"
@@ -116,12 +120,12 @@ def test_trained_content_never_returns_to_held_out_whatever_its_path_or_group():
 def test_near_duplicate_of_trained_content_goes_to_train():
     groups = make_groups(30)
     rng = np.random.default_rng(0)  # random 64-bit hashes: about 32 bits apart, far beyond the distance
-    groups["phash"] = [f"phash:8:{int(v):x}" for v in rng.integers(0, 2**63, len(groups))]
+    groups["perceptual_hash"] = [f"phash:8:{int(v):x}" for v in rng.integers(0, 2**63, len(groups))]
     first = assign_splits(groups, EMPTY, PARAMS, seed=1)
     trained = first[first.split == "train"].iloc[0]
-    near = format(int(trained.phash.split(":")[2], 16) ^ 0b101, "x")  # 2 bits away
+    near = format(int(trained.perceptual_hash.split(":")[2], 16) ^ 0b101, "x")  # 2 bits away
     new = pd.DataFrame([{"path": "normal/rescan.jpg", "label": "normal", "group_id": "gfresh", "conflict": False,
-                         "sha256": "fresh", "duplicate_of": "", "phash": f"phash:8:{near}"}])
+                         "sha256": "fresh", "duplicate_of": "", "perceptual_hash": f"phash:8:{near}"}])
     for _ in range(5):  # whatever the placement order, it cannot land in val or test
         out = assign_splits(pd.concat([groups, new]), ledger_of(first), PARAMS, seed=_, max_distance=6)
         out = out.set_index("path")
@@ -137,3 +141,32 @@ def test_ledger_moves_only_toward_training():
     after = update_ledger(ledger, flipped).set_index("sha256")
     assert (after.loc[split[split.split == "train"].sha256, "split"] == "train").all()
     assert (after.first_split.loc[split.sha256].values == split.split.values).all()
+
+
+def test_tables_from_before_perceptual_hash_was_named_are_read(tmp_path, capsys):
+    """groups.csv and the persisted ledger.csv of an older project call the column `phash`: renamed on
+    read, the ledger still keeps near-duplicates of trained content out of val and test."""
+    groups = make_groups(30)
+    rng = np.random.default_rng(0)
+    groups["perceptual_hash"] = [f"dhash:8:{int(v):x}" for v in rng.integers(0, 2**63, len(groups))]
+    groups.rename(columns={"perceptual_hash": "phash"}).to_csv(tmp_path / "groups.csv", index=False)
+    params = shrink_params(tmp_path, **SMALL_DATA)
+    run(load_params(params), *stage_paths(tmp_path))
+    ledger = pd.read_csv(tmp_path / "ledger.csv", keep_default_na=False)
+    assert list(ledger.columns) == LEDGER and ledger.perceptual_hash.str.startswith("dhash:8:").all()
+    ledger.rename(columns={"perceptual_hash": "phash"}).to_csv(tmp_path / "ledger.csv", index=False)  # an old ledger
+    trained = ledger[ledger.split == "train"].iloc[0]
+    near = format(int(trained.perceptual_hash.split(":")[2], 16) ^ 0b11, "x")
+    rescan = pd.DataFrame([{"path": "normal/rescan.jpg", "label": "normal", "group_id": "gfresh", "conflict": False,
+                            "sha256": "fresh", "duplicate_of": "", "phash": f"dhash:8:{near}"}])
+    pd.concat([groups.rename(columns={"perceptual_hash": "phash"}), rescan]).to_csv(tmp_path / "groups.csv", index=False)
+    argv = ["--params", str(params), "--groups", str(tmp_path / "groups.csv"),
+            "--out", str(tmp_path / "split.csv"), "--ledger", str(tmp_path / "ledger.csv"),
+            "--report", str(tmp_path / "split.json")]
+    main(argv)  # as dvc.yaml runs it
+    assert "kept by the ledger" in capsys.readouterr().out
+    split = pd.read_csv(tmp_path / "split.csv").set_index("path")
+    assert split.loc["normal/rescan.jpg", "split"] == "train"  # near-duplicate of trained content
+    after = pd.read_csv(tmp_path / "ledger.csv", keep_default_na=False).set_index("sha256")
+    assert list(after.columns) == LEDGER[1:] and after.perceptual_hash[trained.sha256] == trained.perceptual_hash
+    assert after.perceptual_hash["fresh"] == f"dhash:8:{near}"

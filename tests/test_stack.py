@@ -16,15 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port, scratch_workspace
+from tests.conftest import ROOT, TINY_STACK, free_port, scratch_workspace
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.stack
-TINY = {"validate": {"min_images_per_class": 8}, "augment": {"target_per_class": 16},
-        "train": {"head_epochs": 1, "finetune_epochs": 0, "batch_size": 16,
-                  "architectures": {"SmallCNN": {"weights": "none", "image_size": 32}}},
-        "evaluate": {"bootstrap": 20}, "export": {"latency_repeats": 2},
-        "register": {"min_sensitivity": {"cancer": 0.0}, "bootstrap": 20}}
 
 
 def port_free(port: int) -> bool:
@@ -48,7 +43,7 @@ def sh(cwd: Path, *cmd: str, env: dict | None = None, timeout: int = 900) -> str
     return done.stdout + done.stderr
 
 
-def make_workspace(root: Path, tmp: Path, params: dict = TINY) -> Path:
+def make_workspace(root: Path, tmp: Path, params: dict = TINY_STACK) -> Path:
     """A scratch copy of the project (git + DVC, no remote: the stack brings its S3), tiny params, demo images."""
     return scratch_workspace(tmp, params, root=root, local_remote=False)
 
@@ -67,8 +62,9 @@ class Stack:
                   env=self.env, timeout=600)
 
     def values(self) -> dict[str, str]:
-        env = (self.dir / "env").read_text() + (self.dir / "secrets").read_text()
-        return dict(line.split("=", 1) for line in env.splitlines() if "=" in line and not line.startswith("#"))
+        from pipeline.endpoints import read_env_file
+
+        return {**read_env_file(self.dir / "env"), **read_env_file(self.dir / "secrets")}
 
     def processes(self) -> list:
         """Every process the stack runs: each server's process group and the PostgreSQL postmaster's tree."""
@@ -88,7 +84,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    yield from started_stack(tmp_path_factory, TINY)
+    yield from started_stack(tmp_path_factory, TINY_STACK)
 
 
 def started_stack(tmp_path_factory, params: dict, **settings: str):

@@ -7,11 +7,10 @@ import pandas as pd
 import pytest
 
 from pipeline.models import build_model
-from pipeline.params import load_section
 from pipeline.streams import InMemory
 from pipeline.tracking import History
 from pipeline.train import class_weights, find_cut, fit_cached, fit_plain, fit_scratch
-from tests.conftest import ROOT
+from tests.conftest import train_settings
 
 
 def tiny_data(size=32, n=24, seed=0):
@@ -40,17 +39,14 @@ def test_cached_training_matches_plain_fit(finetune_layers, keras_home):
     """Real ImageNet weights (real BatchNorm statistics), dropout on, and a fine-tuning phase that
     moves the unfrozen weights far beyond the tolerance: any difference between the cached and the
     plain path (a BatchNorm in training mode, other dropout masks, a missed layer) shows."""
-    import dataclasses
-
     import keras
 
-    from pipeline.models import REGISTRY
+    from pipeline.models import ARCHITECTURES
     from pipeline.train import set_trainable
 
-    weights = keras_home / "models" / REGISTRY["MobileNetV2"].weights_file.format(alpha=0.35, size=224)
-    params = dataclasses.replace(load_section("train", ROOT / "params.yaml"), batch_size=8, head_epochs=2,
-                                 finetune_epochs=2, finetune_layers=finetune_layers, finetune_learning_rate=1e-3,
-                                 dropout=0.3, early_stopping_patience=10)
+    weights = keras_home / "models" / ARCHITECTURES["MobileNetV2"].weights_file.format(alpha=0.35, size=224)
+    params = train_settings(batch_size=8, head_epochs=2, finetune_epochs=2, finetune_layers=finetune_layers,
+                            finetune_learning_rate=1e-3, dropout=0.3, early_stopping_patience=10)
     data = tiny_data(size=96)
     models = [build_model("MobileNetV2", 3, str(weights), size=96, alpha=0.35, dropout=0.3, seed=1) for _ in range(2)]
     models[1].model.set_weights(models[0].model.get_weights())
@@ -89,12 +85,9 @@ def test_cut_has_one_tensor_crossing():
 
 def test_scratch_network_trains_its_batchnorm():
     """SmallCNN has no pretrained statistics to keep: its BatchNorm layers learn during training."""
-    import dataclasses
-
     import keras
 
-    params = dataclasses.replace(load_section("train", ROOT / "params.yaml"), batch_size=8, head_epochs=2,
-                                 finetune_epochs=0, early_stopping_patience=10)
+    params = train_settings(batch_size=8, head_epochs=2, finetune_epochs=0, early_stopping_patience=10)
     keras.utils.set_random_seed(3)
     parts = build_model("SmallCNN", 3, "none", size=32, seed=3)
     bn = [layer for layer in parts.base.layers if isinstance(layer, keras.layers.BatchNormalization)]
@@ -128,31 +121,25 @@ def test_class_weights_balance():
 
 @pytest.mark.slow
 def test_train_and_evaluate_stages_log_to_a_real_mlflow_store(tmp_path, monkeypatch, keras_home, demo_raw):
-    from pipeline import augment, dedup, evaluate, split, train, validate
-    from tests.conftest import shrink_params
+    from pipeline import augment, evaluate, train
+    from tests.conftest import SMALL_DATA, data_stages, shrunk
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("PIPELINE_RUN_ID", "test-run")
-    params = shrink_params(tmp_path, validate={"min_images_per_class": 5}, augment={"target_per_class": 30},
-                           train={"head_epochs": 2, "finetune_epochs": 1, "batch_size": 16,
-                                  "architectures": {"MobileNetV2": {"weights": "imagenet", "alpha": 0.35},
-                                                    "SmallCNN": {"weights": "none", "image_size": 48}}},
-                           evaluate={"bootstrap": 50})
+    params = shrunk(tmp_path, **SMALL_DATA, augment={"target_per_class": 30},
+                    train={"head_epochs": 2, "finetune_epochs": 1, "batch_size": 16,
+                           "architectures": {"MobileNetV2": {"weights": "imagenet", "alpha": 0.35},
+                                             "SmallCNN": {"weights": "none", "image_size": 48}}},
+                    evaluate={"bootstrap": 50})
     out = tmp_path / "out"
-    validate.run(params, demo_raw, out / "manifest.csv", out / "docs", out / "v.json")
-    paths = {k: out / v for k, v in {"groups": "g.csv", "cache": "c.json", "quarantine": "q",
-                                     "report": "d.json", "sheet": "s.png"}.items()}
-    dedup.run(params, demo_raw, out / "manifest.csv", paths)
-    split.run(params, paths["groups"], out / "split.csv", out / "split.json", out / "ledger.csv")
-    augment.run(params, demo_raw, out / "split.csv", out / "aug", out / "aug.csv")
-    inputs = {"raw": demo_raw, "augmented": out / "aug", "split": out / "split.csv", "augmented_csv": out / "aug.csv"}
-    runs = {a: train.run(params, a, inputs, tmp_path / "models" / a, out / f"{a}.json") for a in ("MobileNetV2", "SmallCNN")}
-    figures = {"models": tmp_path / "models", "metrics": out / "metrics.json", "leaderboard": out / "board.csv",
-               "figures": out / "fig", "plots": out / "plots"}
-    for d in ("fig", "plots"):
-        (out / d).mkdir()
-    summary = evaluate.run(params, demo_raw, out / "split.csv", figures)
+    data_stages(params, demo_raw, out)
+    augment.run(params, augment.Inputs(demo_raw, out / "split.csv"), augment.Outputs(out / "aug", out / "aug.csv"))
+    inputs = train.Inputs(demo_raw, out / "aug", out / "split.csv", out / "aug.csv")
+    runs = {a: train.run(params, inputs, train.Outputs(tmp_path / "models" / a, out / f"{a}.json"), a)
+            for a in ("MobileNetV2", "SmallCNN")}
+    summary = evaluate.run(params, evaluate.Inputs(demo_raw, out / "split.csv", tmp_path / "models"),
+                           evaluate.Outputs(out / "metrics.json", out / "board.csv", out / "fig", out / "plots"))
 
     db = sqlite3.connect(tmp_path / "mlflow.db")  # the real store, not a mock
     children = db.execute("SELECT r.run_uuid, r.name FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid "

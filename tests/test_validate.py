@@ -4,8 +4,8 @@ import re
 import pandas as pd
 import pytest
 
-from pipeline.validate import COLUMNS, ValidationFailed, precheck, run
-from tests.conftest import noise_image, shrink_params, tree_digest
+from pipeline.validate import COLUMNS, Inputs, Outputs, ValidationFailed, main, precheck, run
+from tests.conftest import SMALL_DATA, noise_image, shrink_params, shrunk, tree_digest
 
 CLASSES = ("normal", "precancer", "cancer")
 
@@ -28,7 +28,7 @@ def test_precheck_accepts_class_files():
 
 def run_validate(tmp_path, raw, params):
     out = tmp_path / "out"
-    summary = run(params, raw, out / "manifest.csv", out / "docs", out / "summary.json")
+    summary = run(params, Inputs(raw), Outputs(out / "manifest.csv", out / "docs", out / "summary.json"))
     return summary, pd.read_csv(out / "manifest.csv", keep_default_na=False), out
 
 
@@ -62,7 +62,7 @@ def test_demo_folder_is_validated_and_every_bad_file_explained(tmp_path, demo_ra
 
 
 def test_suite_failure_names_each_broken_expectation(tmp_path, demo_raw):
-    params = shrink_params(tmp_path, validate={"min_images_per_class": 1000, "max_excluded_share": 0.001})
+    params = shrunk(tmp_path, validate={"min_images_per_class": 1000, "max_excluded_share": 0.001})
     with pytest.raises(ValidationFailed) as err:
         run_validate(tmp_path, demo_raw, params)
     message = str(err.value)
@@ -84,3 +84,20 @@ def test_missing_class_fails_the_suite(tmp_path, small_params):
 def test_missing_raw_folder_is_a_clear_error(tmp_path, small_params):
     with pytest.raises(ValidationFailed, match="does not exist"):
         run_validate(tmp_path, tmp_path / "nope", small_params)
+
+
+def test_missing_data_docs_assets_leave_plain_pages_not_a_failure(tmp_path, demo_raw, monkeypatch, capsys):
+    """The page assets come from npm at install time (`make install`): a checkout without them still
+    validates and writes its Data Docs, and says how to get them."""
+    empty = tmp_path / "no-assets"
+    empty.mkdir()
+    monkeypatch.setenv("DATADOCS_ASSETS", str(empty))
+    out = tmp_path / "out"
+    main(["--params", str(shrink_params(tmp_path, **SMALL_DATA)), "--raw", str(demo_raw),
+          "--manifest", str(out / "manifest.csv"), "--docs", str(out / "docs"), "--summary", str(out / "summary.json")])
+    printed = capsys.readouterr().out
+    assert "usable" in printed and (out / "docs" / "index.html").is_file()
+    assert [line for line in printed.splitlines() if "python -m pipeline.datadocs --install" in line] == [
+        f"validate: the Data Docs pages in {out / 'docs'} will look plain (no page assets in {empty}) until "
+        f"`python -m pipeline.datadocs --install` is run"]
+    assert not (out / "docs" / "static" / "vendor").exists()

@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED, noise_image
-from tests.test_stack import TINY, sh, started_stack
+from tests.conftest import TINY_STACK
+from tests.test_stack import sh, started_stack
 
 BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 ARCHS = {"SmallCNN": {"weights": "none", "image_size": 32},
          "MobileNetV2": {"weights": "none", "alpha": 0.35, "image_size": 32}}
-DISTRIBUTED = {**TINY, "train": {**TINY["train"], "architectures": ARCHS},
+DISTRIBUTED = {**TINY_STACK, "train": {**TINY_STACK["train"], "architectures": ARCHS},
                "flow": {"quiet_seconds": 0, "retries": 0, "retry_delay_seconds": 1, "train_on": "workers",
                         "train_retries": 0}}
 
@@ -72,7 +73,7 @@ def cmdline(process) -> str:
 def champion(stack) -> str | None:
     from mlflow.tracking import MlflowClient
 
-    from pipeline.champion import alias_version
+    from pipeline.registry.client import alias_version
 
     return alias_version(MlflowClient(stack.values()["MLFLOW_TRACKING_URI"]), "oralscan-classifier")
 

@@ -19,10 +19,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.retrain import StageFailed, dvc, git, rename_run, summary_lines
-from pipeline.tracking import stack_env
+from flows.commands import StageFailed, dvc, git, summary_lines
+from flows.prefect_api import rename_run
+from pipeline.endpoints import endpoint
 
-ENTRYPOINT = "flows/train.py:train_one"
+ENTRYPOINT = "flows/train_on_workers.py:train_one"
 CODE = ("pipeline", "flows", "dvc.yaml", "params.yaml")  # what a worker takes from git, so must be committed
 
 
@@ -38,11 +39,11 @@ def stage_inputs(root: Path, stage: str) -> list[str]:
 
 def use_stack_remote(root: Path, timeout: float) -> None:
     """This clone's DVC remote: the stack's bucket (keys come from the environment, never from git)."""
-    env = {**stack_env(root), **os.environ}
-    if "STACK_DVC_REMOTE" not in env:
+    remote, s3 = endpoint("STACK_DVC_REMOTE", root), endpoint("STACK_S3_ENDPOINT", root)
+    if not remote:
         raise StageFailed("no DVC remote for this worker: set STACK_DVC_REMOTE and STACK_S3_ENDPOINT (.stack/env)")
-    dvc(root, "remote", "add", "--local", "-f", "-d", "stack", env["STACK_DVC_REMOTE"], timeout=timeout)
-    dvc(root, "remote", "modify", "--local", "stack", "endpointurl", env["STACK_S3_ENDPOINT"], timeout=timeout)
+    dvc(root, "remote", "add", "--local", "-f", "-d", "stack", remote, timeout=timeout)
+    dvc(root, "remote", "modify", "--local", "stack", "endpointurl", s3, timeout=timeout)
 
 
 @flow(name="train", log_prints=True)
@@ -97,7 +98,7 @@ def deploy(root: Path, commit: str, timeout: float) -> str:
     """The train flow deployed on the work pool from git at `commit`; returns its name."""
     from prefect.runner.storage import GitRepository
 
-    pool = os.environ.get("STACK_WORK_POOL") or stack_env(root).get("STACK_WORK_POOL", "training")
+    pool = endpoint("STACK_WORK_POOL", root, "training")
     source = GitRepository(url=git_url(root, timeout), commit_sha=commit)
     name = f"commit-{commit[:12]}"
     train_one.from_source(source, entrypoint=ENTRYPOINT).deploy(name=name, work_pool_name=pool,
@@ -126,10 +127,10 @@ def train_remotely(deployment: str, stage: str, parameters: dict, timeout: float
 def open_parent_run(root: Path, run_id: str, commit: str) -> None:
     """The pipeline's MLflow parent run, made before the workers start (they would race to make it)."""
     from pipeline import tracking
-    from pipeline.params import load_section
+    from pipeline.params import load_params
 
     tracking.tracking_uri(root)
-    experiment = tracking.setup(load_section("train", root / "params.yaml").experiment)
+    experiment = tracking.setup(load_params(root / "params.yaml").train.experiment)
     tracking.parent_run(experiment, run_id, {"data_version": tracking.data_version(root / "data" / "raw.dvc"),
                                              "git_commit": commit})
 

@@ -1,0 +1,42 @@
+"""Where the services are, for every client: the MLflow server, the Prefect API, the DVC bucket.
+
+A variable set in the environment wins; otherwise the value comes from the env file `make stack`
+writes for its clients ($STACK_DIR/env, default .stack/env); with neither, the local defaults
+apply (SQLite for MLflow, no Prefect server). `read_env_file` is the one reader of KEY=VALUE
+files in the project: docker/stack.env, the stack's secrets and its client env file.
+No service is contacted here.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; blank lines and lines starting with # are skipped; a value may contain '='."""
+    values = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{path}:{number}: expected KEY=VALUE, got {line!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def stack_dir(root: Path = Path(".")) -> Path:
+    """The stack's folder: $STACK_DIR, else .stack/ in the project."""
+    return Path(os.environ.get("STACK_DIR") or Path(root) / ".stack")
+
+
+def stack_env(root: Path = Path(".")) -> dict[str, str]:
+    """What `make stack` wrote for its clients; empty when no stack is up."""
+    path = stack_dir(root) / "env"
+    return read_env_file(path) if path.is_file() else {}
+
+
+def endpoint(name: str, root: Path = Path("."), default: str | None = None) -> str | None:
+    """One setting of the stack's clients: the environment, else the running stack, else `default`."""
+    return os.environ.get(name) or stack_env(root).get(name, default)
