@@ -17,13 +17,14 @@ export KERAS_HOME ?= $(CURDIR)/.keras
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT  := $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends
 
-.PHONY: install demo test test-deps bench stack stack-down
+.PHONY: install demo test test-deps bench stack stack-down start-fresh backup restore constraints
 
-$(VENV)/.installed: pyproject.toml
+# exact versions from constraints.txt (the tested environment); pyproject.toml keeps the supported ranges
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 # the Data Docs page assets, from npm (pipeline/datadocs.py lists them); refetched when that list changes
@@ -32,7 +33,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pipeline.datadocs --install
 	touch $@
 
-install: $(VENV)/.installed .vendor/datadocs/.installed
+# `dvc plots show` pages with Vega inlined (from the same npm copies), so they open offline
+.vendor/dvc-plots.html: pipeline/plots_page.py .vendor/datadocs/.installed
+	$(BIN)/python -m pipeline.plots_page --install
+
+install: $(VENV)/.installed .vendor/datadocs/.installed .vendor/dvc-plots.html
+
+# after an upgrade that passed `make test`: pin the environment it passed in
+constraints: $(VENV)/.installed
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 demo: install
 	@if [ -z "$$(ls -A data/raw 2>/dev/null)" ]; then $(BIN)/python -m pipeline.demo --out data/raw; fi
@@ -43,6 +53,20 @@ demo: install
 	$(BIN)/dvc push -q
 	@echo; echo "Done. Open reports/index.html. Runs: $$(sed -n 's/^MLFLOW_TRACKING_URI=//p' .stack/env 2>/dev/null || true)"
 	@test -f .stack/env || echo ".venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db, then http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
+
+# From the demo to your own images (README "Your own images"): clears the demo's outputs, ledger and
+# registry, never data/raw or data/labels; REMOVE_DEMO_IMAGES=1 also deletes the demo's own images.
+start-fresh: install
+	$(BIN)/python -m pipeline.fresh_start $(if $(REMOVE_DEMO_IMAGES),--demo-images) $(if $(YES),--yes)
+
+# What cannot be recomputed, into $(BACKUP_DIR)/backup-<UTC time>/ (README "Operations")
+BACKUP_DIR ?= backups
+backup: install
+	$(BIN)/python -m pipeline.backup create --to "$(BACKUP_DIR)"
+
+restore: install
+	@test -n "$(FROM)" || { echo "usage: make restore FROM=$(BACKUP_DIR)/backup-<time> (in a fresh clone)"; exit 1; }
+	$(BIN)/python -m pipeline.backup restore "$(FROM)"
 
 # PostgreSQL, S3 (SeaweedFS), MLflow and Prefect servers on loopback, data under .stack/ (docker/stack.py).
 # They write .stack/env, which the stages, flows and predict read: `make demo` then runs against them.
@@ -65,7 +89,7 @@ test: install test-deps
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
-	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/dedup_bench.py
 	$(BIN)/python bench/train_bench.py
 	$(BIN)/python bench/export_bench.py

@@ -5,7 +5,8 @@ wrong together; two models that agree on most images) are scored by a champion a
 with a known true difference in balanced accuracy, and `pipeline.paired.paired_comparison`
 decides. Reported: the false-promotion rate (equal skill under superiority; worse by exactly the
 margin under non-inferiority; both must stay <= 1 - confidence) and the power at +0.05 and +0.10.
-A plain percentile group bootstrap is run on the same splits for comparison.
+A plain percentile group bootstrap is run on the same splits for comparison. tests/test_paired.py
+draws from this generator too; bench/gate_power.py measures the gate on an independent one.
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ Settings: docker/stack.env (shared with docker-compose.yml), each overridable by
 variable of the same name. Every byte of data lives under STACK_DIR (default .stack/): the
 PostgreSQL cluster, the object store, logs, process ids and the generated secrets. Clients read
 $STACK_DIR/env (MLFLOW_TRACKING_URI, PREFECT_API_URL, the DVC remote); the DVC remote's keys go
-to .dvc/config.local, never committed. All services listen on STACK_HOST (default 127.0.0.1) only.
+to .dvc/config.local, never committed. $STACK_DIR/settings records the settings it runs with
+(overrides included) for `make backup` / `make restore`. All services listen on STACK_HOST (default 127.0.0.1) only.
 """
 from __future__ import annotations
 
@@ -306,6 +307,9 @@ def up(root: Path) -> None:
     start_prefect(s, d, sec)
     configure_dvc(s, sec, root)
     env = write_env(s, d)
+    # the settings this stack runs with (environment overrides included), for tools that reach it later
+    # without those overrides (pipeline/backup_stack.py: pg_dump, pg_restore, the buckets)
+    (d / "settings").write_text("".join(f"{k}={v}\n" for k, v in s.items() if k.startswith("STACK_")))
     print(f"stack up in {time.time() - start:.0f} s; clients read {env}:")
     print(env.read_text().split("\n", 1)[1], end="")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from pipeline.endpoints import endpoint
 
 
-def server_settings(root: Path = Path(".")):
+def server_settings(root: Path | None = None):
     """A context with PREFECT_API_URL from the environment or the running stack; no server otherwise."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

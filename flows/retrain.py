@@ -26,9 +26,11 @@ from flows.commands import StageFailed, dvc, git, run_command, status_json, summ
 from flows.prefect_api import rename_run, server_settings
 from flows.workspace import (COMMITTED, mark_pushed, newest_change, push_pending, stage_order, validated_version,
                              workspace_lock)
+from pipeline import project
 from pipeline.params import Flow, load_params
 
-REMOTE_STAGES = {"export", "register", "report"}  # they talk to the MLflow server: retried (register is idempotent)
+# they talk to the MLflow server: retried (register is idempotent)
+REMOTE_STAGES = {"shift", "export", "register", "report"}
 
 
 @task(cache_policy=NO_CACHE)
@@ -180,10 +182,11 @@ def retrain_once(root: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workspace", default=".")
+    parser.add_argument("--workspace", help="default: the project this command is run in (the folder holding dvc.yaml)")
     args = parser.parse_args(argv)
-    with server_settings(Path(args.workspace)):  # runs show in the stack's Prefect server when one is up
-        print(json.dumps(retrain(args.workspace), indent=2))
+    workspace = str(args.workspace or project.root())
+    with server_settings(Path(workspace)):  # runs show in the stack's Prefect server when one is up
+        print(json.dumps(retrain(workspace), indent=2))
 
 
 if __name__ == "__main__":

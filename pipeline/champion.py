@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pipeline import project
 from pipeline.registry import aliases
 from pipeline.registry.client import actor, label, registered_model, registry_client, version_or_none
 from pipeline.registry.history import format_history, history, moved
@@ -48,7 +49,7 @@ def _version_arg(text: str) -> str:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--name", help="registered model (default: register.model_name in params)")
-    common.add_argument("--params", type=Path, default=Path("params.yaml"))
+    common.add_argument("--params", type=Path, help="default: params.yaml in the project root")
     parser = argparse.ArgumentParser(prog="python -m pipeline.champion", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 def run(args) -> str:
     from pipeline.params import load_params
 
-    params = load_params(args.params).register
+    params = load_params(args.params or project.root() / "params.yaml").register
     name, wait = args.name or params.model_name, params.lock_timeout_seconds
     client = registry_client()
     if args.command == "history":

@@ -15,6 +15,8 @@ import os
 import sys
 import warnings
 
+from pipeline import project
+
 
 def quiet(tensorflow: bool = False) -> None:
     """Call first in a stage's main(). With `tensorflow`, import it now with its start-up lines
@@ -22,6 +24,7 @@ def quiet(tensorflow: bool = False) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")       # TensorFlow's C++ INFO and WARNING lines
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")   # MLflow's own logger (pickling notes, ...)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    project.use_keras_home()  # Keras fixes its cache folder when TensorFlow is first imported, just below
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow\.")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # "N out of the last M calls ... retracing"

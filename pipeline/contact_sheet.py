@@ -92,3 +92,33 @@ def draw_label_issue_sheet(issues: pd.DataFrame, raw_dir: Path, max_images: int,
         for j, line in enumerate(_caption(row, font, LABEL_CELL - 6)):
             pen.text((x + 3, y + LABEL_THUMB + 2 + j * LINE), line, fill="firebrick", font=font)
     sheet.save(out)
+
+
+def draw_shift_sheet(atypical: pd.DataFrame, raw_dir: Path, note: str, out: Path) -> None:
+    """The new images least like the champion's reference (rank order: highest witness score first),
+    captioned '#rank label, camera'; never a file name. `note` heads the sheet: the result in words,
+    or why nothing was checked."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(12)
+    rows = -(-len(atypical) // LABEL_COLS)
+    top, cell_h = 4 * LINE, LABEL_THUMB + 2 * LINE + 8
+    sheet = Image.new("RGB", (LABEL_COLS * LABEL_CELL, top + rows * cell_h), "white")
+    pen = ImageDraw.Draw(sheet)
+    words, width = note.split(" "), LABEL_COLS * LABEL_CELL - 12
+    cut = max([i for i in range(1, len(words) + 1) if font.getlength(" ".join(words[:i])) <= width] or [1])
+    for j, line in enumerate((" ".join(words[:cut]), " ".join(words[cut:]))):  # the note on at most two lines
+        pen.text((6, 4 + j * LINE), _fit(line, font, width), fill="black", font=font)
+    if len(atypical):
+        pen.text((6, 4 + 2 * LINE), "Most atypical new images first (kernel witness score: where new images are "
+                                "denser than the champion's reference). Caption: rank, label, camera.",
+                 fill="dimgray", font=font)
+    for i, row in enumerate(atypical.itertuples()):
+        x, y = (i % LABEL_COLS) * LABEL_CELL, top + (i // LABEL_COLS) * cell_h
+        thumb = thumbnail(raw_dir, row, LABEL_THUMB)
+        sheet.paste(thumb, (x + (LABEL_CELL - thumb.width) // 2, y + (LABEL_THUMB - thumb.height) // 2))
+        pen.text((x + 3, y + LABEL_THUMB + 2), _fit(f"#{row.rank} {row.label}", font, LABEL_CELL - 6),
+                 fill="firebrick", font=font)
+        pen.text((x + 3, y + LABEL_THUMB + 2 + LINE), _fit(row.camera or "camera unknown", font, LABEL_CELL - 6),
+                 fill="dimgray", font=font)
+    sheet.save(out)

@@ -9,6 +9,8 @@ photo, hidden files, an unexpected folder and names with spaces and non-ASCII ch
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -126,6 +128,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"demo: {args.out} is not empty; the demo never writes over real data")
     print(f"demo: wrote {generate(args.out, args.per_class, args.seed)} files to {args.out}")
+    write_marker(args.out)
+
+
+def write_marker(out: Path) -> Path:
+    """data/demo-images.json beside the folder: every file the demo wrote, by sha256, so that
+    `pipeline.fresh_start --demo-images` deletes exactly these and never an image someone added."""
+    files = {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(out.rglob("*")) if p.is_file()}
+    marker = out.parent / "demo-images.json"
+    marker.write_text(json.dumps({"folder": out.name, "files": files}, indent=1, ensure_ascii=False) + "\n")
+    return marker
 
 
 if __name__ == "__main__":

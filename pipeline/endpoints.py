@@ -1,8 +1,9 @@
 """Where the services are, for every client: the MLflow server, the Prefect API, the DVC bucket.
 
 A variable set in the environment wins; otherwise the value comes from the env file `make stack`
-writes for its clients ($STACK_DIR/env, default .stack/env); with neither, the local defaults
-apply (SQLite for MLflow, no Prefect server). `read_env_file` is the one reader of KEY=VALUE
+writes for its clients ($STACK_DIR/env, default .stack/env in the project root, found from any
+folder of the project: pipeline/project.py); with neither, the local defaults apply (SQLite for
+MLflow, no Prefect server). `read_env_file` is the one reader of KEY=VALUE
 files in the project: docker/stack.env, the stack's secrets and its client env file.
 No service is contacted here.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from pipeline import project
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -26,17 +29,17 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def stack_dir(root: Path = Path(".")) -> Path:
-    """The stack's folder: $STACK_DIR, else .stack/ in the project."""
-    return Path(os.environ.get("STACK_DIR") or Path(root) / ".stack")
+def stack_dir(root: Path | None = None) -> Path:
+    """The stack's folder: $STACK_DIR, else .stack/ in the project root."""
+    return Path(os.environ.get("STACK_DIR") or Path(root or project.root()) / ".stack")
 
 
-def stack_env(root: Path = Path(".")) -> dict[str, str]:
+def stack_env(root: Path | None = None) -> dict[str, str]:
     """What `make stack` wrote for its clients; empty when no stack is up."""
     path = stack_dir(root) / "env"
     return read_env_file(path) if path.is_file() else {}
 
 
-def endpoint(name: str, root: Path = Path("."), default: str | None = None) -> str | None:
+def endpoint(name: str, root: Path | None = None, default: str | None = None) -> str | None:
     """One setting of the stack's clients: the environment, else the running stack, else `default`."""
     return os.environ.get(name) or stack_env(root).get(name, default)

@@ -117,6 +117,34 @@ def describe(image: Image.Image, stored: tuple[int, int] | None = None) -> tuple
                      width=height if turned else width, height=width if turned else height), rgb
 
 
+CAMERA_TAGS = (0x010F, 0x0110)  # EXIF Make and Model; nothing else (no serial numbers, dates or places)
+
+
+def _plain(value) -> str:
+    """An EXIF text value as plain printable text (bytes decoded, NULs and control characters dropped)."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    text = "".join(ch if ch.isprintable() else " " for ch in str(value or "").replace("\x00", ""))
+    return " ".join(text.split())
+
+
+def camera(path: Path) -> str:
+    """'Make Model' from a file's EXIF ('' when absent or unreadable), read from the header alone (no decode).
+    The model usually repeats the make ('Canon', 'Canon EOS 5D'): then the model alone."""
+    _register_formats()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                exif = image.getexif()
+                make, model = (_plain(exif.get(tag)) for tag in CAMERA_TAGS)
+    except Exception:  # an unreadable header: the camera is unknown, the image may still be fine
+        return ""
+    if make and model.lower().startswith(make.lower()):
+        make = ""
+    return " ".join(p for p in (make, model) if p)[:64]
+
+
 def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
     """Decode the whole file once (a JPEG at 1/8 scale: the whole stream is still read, so a
     truncated file is still caught); raise UnusableImage with a reason if it can't be used.

@@ -49,11 +49,21 @@ class TFLiteModel:
 
 @dataclass
 class Classifier:
-    """What predict and serving need: a predict function, its classes and input size, and Keras if any."""
+    """What predict and serving need: a predict function, its classes and input size, Keras if any, and
+    the operating point export shipped with it (metadata.json's `operating_point`; None for older models)."""
     predict: object
     classes: list[str]
     size: int
     keras_model: object = None
+    operating_point: dict | None = None
+
+    def refer(self, probs) -> tuple[bool | None, float | None]:
+        """(refer, refer score) of one image's probabilities; (None, None) without an operating point."""
+        op = self.operating_point
+        if not op or op.get("threshold") is None:
+            return None, None
+        score = float(sum(probs[self.classes.index(c)] for c in op["positive_classes"]))
+        return score >= op["threshold"], score
 
 
 def from_keras_file(path: Path, metadata: dict) -> Classifier:
@@ -61,7 +71,7 @@ def from_keras_file(path: Path, metadata: dict) -> Classifier:
 
     model = keras.saving.load_model(path)
     return Classifier(lambda x: model.predict(x.astype("float32"), verbose=0), metadata["classes"],
-                      metadata["image_size"], model)
+                      metadata["image_size"], model, metadata.get("operating_point"))
 
 
 def serving_artifacts(model_path: Path, export_dir: Path) -> dict[str, str]:
@@ -79,7 +89,8 @@ def from_artifacts(artifacts: dict[str, str]) -> Classifier:
     metadata = json.loads(Path(artifacts["metadata"]).read_text())
     if artifacts.get("tflite_model"):
         model = TFLiteModel(Path(artifacts["tflite_model"]))
-        return Classifier(model.predict, metadata["classes"], metadata["image_size"])
+        return Classifier(model.predict, metadata["classes"], metadata["image_size"],
+                          operating_point=metadata.get("operating_point"))
     return from_keras_file(Path(artifacts["keras_model"]), metadata)
 
 
@@ -94,7 +105,8 @@ def load_classifier(uri: str) -> Classifier:
         if path.suffix == ".keras":
             return from_keras_file(path, metadata)
         model = TFLiteModel(path)
-        return Classifier(model.predict, metadata["classes"], metadata["image_size"])
+        return Classifier(model.predict, metadata["classes"], metadata["image_size"],
+                          operating_point=metadata.get("operating_point"))
     import mlflow
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))  # Keras here: Grad-CAM needs it
@@ -115,7 +127,8 @@ def decode(item) -> bytes:
 
 
 def classify(classifier: Classifier, items: list) -> list[dict]:
-    """One result per item: {'class', 'probabilities'} or {'error'}; bad items never stop the rest."""
+    """One result per item: {'class', 'probabilities', 'refer', 'refer_score'} or {'error'}; bad items never
+    stop the rest."""
     arrays, results = [], []
     for item in items:
         try:
@@ -123,12 +136,14 @@ def classify(classifier: Classifier, items: list) -> list[dict]:
             arrays.append(model_input(source, classifier.size))
             results.append(None)
         except (UnusableImage, OSError) as err:
-            results.append({"class": None, "probabilities": None, "error": str(err)})
+            results.append({"class": None, "probabilities": None, "refer": None, "refer_score": None,
+                            "error": str(err)})
     probs = iter(classifier.predict(np.stack(arrays)) if arrays else [])
     for i, result in enumerate(results):
         if result is None:
             p = next(probs)
-            results[i] = {"class": classifier.classes[int(np.argmax(p))],
+            refer, score = classifier.refer(p)
+            results[i] = {"class": classifier.classes[int(np.argmax(p))], "refer": refer, "refer_score": score,
                           "probabilities": {c: float(v) for c, v in zip(classifier.classes, p)}, "error": None}
     return results
 
@@ -143,8 +158,10 @@ except ImportError:  # pragma: no cover - mlflow is a dependency; this keeps the
 class ImageClassifier(PythonModel):
     """The served model: a DataFrame with an `image` column in, one row per image out.
 
-    Each row: `class` (empty when the image could not be read), `error` (empty when it could),
-    and `prob_<class>` for every class (None, so JSON null, for unreadable images).
+    Each row: `class` (the argmax; empty when the image could not be read), `refer` (the clinical
+    decision at the shipped operating point: true when the summed probability of the positive classes
+    passes its threshold; None for unreadable images), `refer_score` (that sum), `error` (empty when the
+    image could be read), and `prob_<class>` for every class (None, so JSON null, for unreadable images).
     """
 
     def load_context(self, context):
@@ -155,12 +172,12 @@ class ImageClassifier(PythonModel):
         rows = []
         for r in classify(self.classifier, list(model_input["image"])):
             probs = r["probabilities"] or {}
-            rows.append({"class": r["class"] or "", "error": r["error"] or "",
-                         **{f"prob_{c}": probs.get(c) for c in self.classifier.classes}})
+            rows.append({"class": r["class"] or "", "refer": r["refer"], "refer_score": r["refer_score"],
+                         "error": r["error"] or "", **{f"prob_{c}": probs.get(c) for c in self.classifier.classes}})
         # object columns keep None as None: a float column would turn it into NaN, which the
         # scoring server writes as the non-JSON token `NaN`.
-        return pd.DataFrame(rows, columns=["class", "error", *(f"prob_{c}" for c in self.classifier.classes)],
-                            dtype=object)
+        columns = ["class", "refer", "refer_score", "error", *(f"prob_{c}" for c in self.classifier.classes)]
+        return pd.DataFrame(rows, columns=columns, dtype=object)
 
 
 def log_serving_model(info: dict, model_path: Path, export_dir: Path, sample: Path) -> str:
@@ -175,7 +192,8 @@ def log_serving_model(info: dict, model_path: Path, export_dir: Path, sample: Pa
     classes = json.loads((export_dir / "metadata.json").read_text())["classes"]
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "image")]),
-        outputs=Schema([ColSpec("string", "class"), ColSpec("string", "error")]
+        outputs=Schema([ColSpec("string", "class"), ColSpec("boolean", "refer", required=False),
+                        ColSpec("double", "refer_score", required=False), ColSpec("string", "error")]
                        + [ColSpec("double", f"prob_{c}") for c in classes]))
     example = pandas.DataFrame({"image": [base64.b64encode(sample.read_bytes()).decode()]})
     with mlflow.start_run(run_id=info["run_id"]):

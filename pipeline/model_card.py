@@ -44,6 +44,35 @@ def class_rows(report: dict, classes) -> str:
     return "\n".join(rows)
 
 
+def operating_point_section(op: dict, level: str) -> str:
+    """What the clinic uses: the refer rule, its guarantee in words, and how it did on the test split."""
+    t, a = op["test"], op["test_argmax"]
+    positive = " + ".join(op["positive_classes"])
+    guarantee = (f"sensitivity of at least {op['target_sensitivity']:g} with {op['confidence']:.0%} confidence "
+                 f"(target met)" if op["target_met"] else
+                 f"**target {op['target_sensitivity']:g} NOT met**: only sensitivity >= "
+                 f"{op['guaranteed_sensitivity']:.3f} can be guaranteed with {op['confidence']:.0%} confidence")
+    rows = [f"| sensitivity (positive: {positive}) | {fmt(t['sensitivity']['value'])} | {span(t['sensitivity']['interval'])} "
+            f"| {fmt(a['sensitivity']['value'])} |",
+            f"| specificity | {fmt(t['specificity']['value'])} | {span(t['specificity']['interval'])} | "
+            f"{fmt(a['specificity']['value'])} |"]
+    rows += [f"| sensitivity, {c} | {fmt(r['value'])} | {span(r['interval'])} | {fmt(a['per_class'][c]['value'])} |"
+             for c, r in t["per_class"].items()]
+    ece = op["ece_test"]
+    return f"""## The clinical decision (operating point)
+**Refer when P({positive}) >= {fmt(op['threshold'])}.** Chosen on the calibration split ({op['calibration_images']}
+images, {op['positive_groups']} positive duplicate groups), which did not shape the weights, by Learn-then-Test with
+exact binomial bounds by duplicate group: {guarantee}. {op['reason']}.
+Probabilities are temperature-scaled (T = {op['temperature']:.3f}, fitted on the same split); ECE on the test split
+{fmt(ece['before']['value'])} ({span(ece['before']['interval'])}) before, {fmt(ece['after']['value'])}
+({span(ece['after']['interval'])}) after. The guarantee assumes new photos resemble the calibration photos.
+
+| on the test split | at the operating point | {level} interval | argmax (for comparison) |
+|---|---|---|---|
+{chr(10).join(rows)}
+"""
+
+
 def render(name: str, version: str, decision: dict, metrics: dict, reports: Path, lineage: dict, classes) -> str:
     best = metrics["best"]
     chosen = metrics["architectures"][best["architecture"]]
@@ -52,8 +81,10 @@ def render(name: str, version: str, decision: dict, metrics: dict, reports: Path
     dedup = json.loads((reports / "dedup.json").read_text())
     split = json.loads((reports / "split.json").read_text())
     records = json.loads((reports / "confusion" / f"{best['architecture']}.json").read_text())
-    sizes = "\n".join(f"| {s} | " + " | ".join(str(split["per_split"][s][c]) for c in classes) + " |"
-                      for s in ("train", "val", "test"))
+    op_path = reports / "operating_point.json"
+    decision_section = operating_point_section(json.loads(op_path.read_text()), level) if op_path.exists() else ""
+    sizes = "\n".join(f"| {s} | " + " | ".join(str(split["per_split"].get(s, {}).get(c, 0)) for c in classes) + " |"
+                      for s in ("train", "val", "calibration", "test"))
     method = report["intervals"][best["select_by"]]["method"]
     return f"""# Model card: {name} version {version}
 
@@ -77,12 +108,13 @@ from the training data.
 {dedup['exact_duplicate_images']} exact duplicate copies and {dedup['duplicate_groups']} duplicate groups found;
 {dedup['conflict_images']} images in {dedup['conflict_groups']} label-conflict groups were quarantined.
 Splits are by duplicate group (no near-duplicate crosses splits), stratified by class; content that
-was ever trained on never enters validation or test:
+was ever trained on never enters validation, calibration or test:
 
 | split | {' | '.join(classes)} |
 |---|{'---|' * len(classes)}
 {sizes}
 
+{decision_section}
 ## How the architecture was chosen
 {selection_table(metrics)}
 
@@ -104,6 +136,7 @@ Intervals: {method}
 {confusion_table(records, list(classes))}
 
 ## Limitations
-Small dataset: read the intervals, not the point estimates. Calibration (ECE {fmt(chosen['test']['ece'])})
-was measured on the test split only. Performance on other devices and populations is unknown.
+Small dataset: read the intervals, not the point estimates. The argmax metrics above are of the model before
+calibration (temperature scaling does not change the argmax; its ECE {fmt(chosen['test']['ece'])}). Performance
+on other devices and populations is unknown.
 """

@@ -9,11 +9,12 @@ same input: RGB pixels in 0..255, float32, at the architecture's input size.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pipeline import project
 
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -57,7 +58,8 @@ def get_arch(name: str) -> Arch:
 
 
 def keras_cache() -> Path:
-    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+    """$KERAS_HOME/models, with KERAS_HOME defaulting to .keras/ in the project root (pipeline/project.py)."""
+    return project.keras_home() / "models"
 
 
 def resolve_weights(name: str, weights: str, size: int, alpha: float = 1.0) -> str | None:

@@ -49,7 +49,20 @@ class Dedup:
 @dataclass(frozen=True)
 class Split:
     val: float
+    calibration: float            # held out for the operating point (temperature and refer threshold)
     test: float
+
+
+@dataclass(frozen=True)
+class Shift:
+    alpha: float                  # a shift is found when the combined p-value (both tests, Bonferroni) is below it
+    permutations: int             # of each test; the smallest p-value is 1/(permutations + 1)
+    max_reference: int            # the champion's reference images compared (a seeded sample when more)
+    max_new: int                  # new images compared (a seeded sample when more)
+    min_new_images: int           # fewer new images: "not checked"
+    min_group_images: int         # a class or camera is compared when both sides hold this many
+    on_shift: str                 # approve: the would-be champion waits for a clinician; hold: it becomes challenger
+    sheet_images: int             # the most atypical new images on the contact sheet
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,15 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
+class OperatingPoint:
+    positive_classes: tuple[str, ...] | None  # refer when their summed probability passes the threshold; null: base's
+    target_sensitivity: float                 # of the refer decision, guaranteed on the calibration split ...
+    confidence: float                         # ... with this confidence (Learn-then-Test, exact, by duplicate group)
+    promote_below_target: bool                # may a model whose calibration data cannot guarantee the target be
+                                              # promoted (stating the level it can guarantee)?
+
+
+@dataclass(frozen=True)
 class Export:
     min_top1_agreement: dict[str, float]    # per variant: float32, dynamic_range, float16
     max_probability_diff: dict[str, float]
@@ -112,6 +134,8 @@ class Register:
     confidence: float                       # one-sided confidence of the paired comparison
     bootstrap: int                          # paired group resamples
     min_sensitivity: dict[str, float]       # clinical gates: class -> minimum test recall
+    min_specificity: float                  # ... and of the refer decision: a threshold that refers everyone
+                                            # reaches any sensitivity
     gate_on: str                            # point | lower_bound
     require_approval: bool                  # clinician sign-off before @champion moves
     approval_timeout_seconds: int
@@ -131,9 +155,10 @@ class LabelReview:
 @dataclass(frozen=True)
 class Flow:
     cron: str                       # nightly retraining schedule
+    timezone: str                   # IANA time zone the cron is read in (flows/serve.py)
     check_interval_seconds: int     # how often the on-new-data deployment looks at data/raw
     quiet_seconds: int              # files must have stopped arriving this long before a run starts
-    commit: bool                    # commit data/raw.dvc, dvc.lock and reports after a successful run
+    commit: bool                    # commit what the run changed (flows/workspace.py COMMITTED) after a successful run
     push: bool                      # push data and outputs to the DVC remote
     lock_timeout_seconds: int       # how long a second run on the same workspace waits (0: exits at once)
     retries: int                    # for tasks that touch remote services (DVC remote, MLflow registry)
@@ -151,9 +176,11 @@ class Params:
     validate: Validate
     dedup: Dedup
     split: Split
+    shift: Shift
     augment: Augment
     train: Train
     evaluate: Evaluate
+    operating_point: OperatingPoint
     export: Export
     register: Register
     label_review: LabelReview
@@ -167,6 +194,7 @@ HASH_KINDS = ("phash", "dhash", "ahash", "whash")
 RULES = ("superiority", "non_inferiority")
 GATES = ("point", "lower_bound")
 TRAIN_ON = ("local", "workers")
+ON_SHIFT = ("approve", "hold")
 # metrics a non-inferiority test can bound with a stated error rate (linear in per-image correctness)
 LINEAR_METRICS = ("accuracy", "balanced_accuracy")
 
@@ -219,6 +247,11 @@ def selectable_metrics(base: Base) -> list[str]:
     return ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc"] + [f"sensitivity_{c}" for c in base.positive_classes]
 
 
+def positive_set(p: Params) -> tuple[str, ...]:
+    """The classes whose summed probability is the refer score."""
+    return p.operating_point.positive_classes or p.base.positive_classes
+
+
 def _one_of(value, allowed, where: str) -> None:
     if value not in allowed:
         raise ParamsError(f"{where} is {value!r}; allowed: {', '.join(map(str, allowed))}")
@@ -234,14 +267,27 @@ def check(p: Params) -> Params:
         unknown = [c for c in names if c not in classes]
         if unknown:
             raise ParamsError(f"{where} names {unknown[0]!r}, which is not in base.classes {list(classes)}")
+    unknown = [c for c in p.operating_point.positive_classes or () if c not in classes]
+    if unknown:
+        raise ParamsError(f"operating_point.positive_classes names {unknown[0]!r}, which is not in base.classes "
+                          f"{list(classes)}")
+    if not positive_set(p) or len(positive_set(p)) == len(classes):
+        raise ParamsError("the positive classes (operating_point.positive_classes, else base.positive_classes) must "
+                          "name at least one class and leave at least one out")
+    for key in ("target_sensitivity", "confidence"):
+        if not 0 < getattr(p.operating_point, key) < 1:
+            raise ParamsError(f"operating_point.{key} is {getattr(p.operating_point, key)}; allowed: between 0 and 1")
     _one_of(p.dedup.hash, HASH_KINDS, "dedup.hash")
     if not 2 <= p.dedup.hash_size <= 8:
         raise ParamsError(f"dedup.hash_size is {p.dedup.hash_size}; allowed: 2..8 (hashes of at most 64 bits)")
-    if not 0 < p.split.val + p.split.test < 1 or min(p.split.val, p.split.test) < 0:
-        raise ParamsError("split.val and split.test must be >= 0 with a sum between 0 and 1")
+    held_out = (p.split.val, p.split.calibration, p.split.test)
+    if not 0 < sum(held_out) < 1 or min(held_out) < 0:
+        raise ParamsError("split.val, split.calibration and split.test must be >= 0 with a sum between 0 and 1")
     _one_of(p.evaluate.select_by, selectable_metrics(p.base), "evaluate.select_by")
     _one_of(p.register.rule, RULES, "register.rule")
     _one_of(p.register.gate_on, GATES, "register.gate_on")
+    if not 0 <= p.register.min_specificity < 1:
+        raise ParamsError(f"register.min_specificity is {p.register.min_specificity}; allowed: 0 to below 1")
     if p.register.rule == "non_inferiority" and not (p.evaluate.select_by in LINEAR_METRICS
                                                      or p.evaluate.select_by.startswith("sensitivity_")):
         raise ParamsError(f"register.rule non_inferiority has no test with a stated error rate for "
@@ -250,7 +296,30 @@ def check(p: Params) -> Params:
     if p.label_review.folds < 2:
         raise ParamsError(f"label_review.folds is {p.label_review.folds}; allowed: 2 or more")
     _one_of(p.flow.train_on, TRAIN_ON, "flow.train_on")
+    _check_shift(p.shift)
+    _time_zone(p.flow.timezone, "flow.timezone")
     return p
+
+
+def _time_zone(name: str, where: str) -> None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ParamsError(f"{where} is {name!r}, not an IANA time zone name (e.g. UTC, Europe/Madrid)") from None
+
+
+def _check_shift(s: Shift) -> None:
+    _one_of(s.on_shift, ON_SHIFT, "shift.on_shift")
+    if not 0 < s.alpha < 1:
+        raise ParamsError(f"shift.alpha is {s.alpha}; allowed: between 0 and 1")
+    if 2 / (s.permutations + 1) >= s.alpha:  # two tests combined: the smallest p-value reachable is 2/(n+1)
+        raise ParamsError(f"shift.permutations is {s.permutations}: too few to ever find a shift at shift.alpha "
+                          f"{s.alpha}; use at least {int(2 / s.alpha)}")
+    if min(s.min_new_images, s.min_group_images) < 2 or s.max_new < s.min_new_images or s.max_reference < 2:
+        raise ParamsError("shift: min_new_images and min_group_images must be >= 2, max_new >= min_new_images "
+                          "and max_reference >= 2")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -2,8 +2,11 @@
 
     python -m pipeline.predict --model models:/oralscan-classifier@champion IMAGE... [--gradcam DIR]
 
-Prints one line per image: the class and every class probability, or the reason the image
-could not be read (the other images are still classified; the exit status is 1 if any failed).
+Prints one line per image, tab-separated: the path, the most probable class, the clinical decision
+(`refer` or `no refer`: the summed probability of the positive classes against the threshold the
+model shipped with, export's operating point; `no operating point` for models without one) and
+every class probability; or the reason the image could not be read (the other images are still
+classified; the exit status is 1 if any failed).
 `--gradcam DIR` writes a Grad-CAM overlay per image: where the model looked (Keras models only).
 """
 from __future__ import annotations
@@ -59,11 +62,19 @@ def write_gradcams(classifier: Classifier, paths: list[Path], results: list[dict
             overlay(load_rgb(path), cam, out_dir / f"{i:03d}_{path.stem}_gradcam.png")
 
 
-def format_line(path: Path, result: dict) -> str:
+def decision_text(result: dict, operating_point: dict | None) -> str:
+    if result["refer"] is None:
+        return "no operating point"
+    sign = ">=" if result["refer"] else "<"
+    return (f"{'refer' if result['refer'] else 'no refer'} (P({'+'.join(operating_point['positive_classes'])}) "
+            f"{result['refer_score']:.3f} {sign} {operating_point['threshold']:.3f})")
+
+
+def format_line(path: Path, result: dict, operating_point: dict | None = None) -> str:
     if result["error"]:
         return f"{path}\tERROR\t{result['error']}"
     probs = " ".join(f"{c}={p:.4f}" for c, p in result["probabilities"].items())
-    return f"{path}\t{result['class']}\t{probs}"
+    return f"{path}\t{result['class']}\t{decision_text(result, operating_point)}\t{probs}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     classifier = load_classifier(args.model)
     results = classify(classifier, args.images)
     for path, result in zip(args.images, results):
-        print(json.dumps({"path": str(path), **result}) if args.json else format_line(path, result))
+        print(json.dumps({"path": str(path), **result}) if args.json
+              else format_line(path, result, classifier.operating_point))
     if args.gradcam:
         write_gradcams(classifier, args.images, results, args.gradcam)
     sys.exit(1 if any(r["error"] for r in results) else 0)

@@ -3,9 +3,11 @@
 The champion is re-scored on the same test images as the new model and the two are compared
 *paired*, resampling duplicate groups (`pipeline.paired.paired_comparison`), under the rule in
 params: superiority (promote only when better with `register.confidence`) or non-inferiority
-(promote a model trained on newer data unless worse by more than `register.margin`). Ties never
-churn the champion. Clinical gates (`register.min_sensitivity`) use exact intervals and can gate
-on the estimate or its lower bound; a class with no test image fails its gate as "not measured".
+(promote a model trained on a later data version unless worse by more than `register.margin`;
+one shown better is promoted as better). Data versions are DVC hashes: the registry orders them
+by when it first registered a model on each (`newer_data`). Ties never churn the champion.
+Clinical gates (`register.min_sensitivity`) use exact intervals and can gate on the estimate or
+its lower bound; a class with no test image fails its gate as "not measured".
 
 The write is idempotent and race-safe: a retry reuses the version already registered for the
 same training run; the alias moves under a registry lock and only if `@champion` is still the
@@ -24,11 +26,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline import paired, tracking
+from pipeline.promotion import at_operating_point, gate_failures, operating_point_failures, promotion_decision
 from pipeline.console import quiet
 from pipeline.params import Params, load_params
 from pipeline.registry import aliases
 from pipeline.registry.client import RegistryUnavailable, actor, alias_version, registry_client
 from pipeline.registry.lock import RegistryBusy
+from pipeline.shift import hold_for_shift, log_reference, read_report
 from pipeline.stage import StageError, one_line_errors, parser, paths
 from pipeline.tables import read_split
 
@@ -40,6 +44,9 @@ class Inputs:
     metrics: Path
     export: Path
     reports: Path       # the stages' reports the model card quotes
+    operating_point: Path  # export's decision: threshold, guarantee, sensitivities at it on the test split
+    shift: Path | None = None     # reports/shift.json: after a shift, a would-be champion waits (shift.on_shift)
+    manifest: Path | None = None  # validate's manifest: the cameras of the reference table logged with the version
 
 
 @dataclass(frozen=True)
@@ -59,46 +66,6 @@ def champion_probs(name: str, version: str, test: pd.DataFrame, raw: Path, class
     return predict_rows(classifier.predict, images_of(test, raw, classes, classifier.size))
 
 
-def gate_failures(classes_report: dict, min_sensitivity: dict[str, float], gate_on: str) -> list[str]:
-    """Clinical gates on test sensitivity: the estimate (point) or its exact lower bound (lower_bound)."""
-    failures = []
-    for c, need in min_sensitivity.items():
-        r = classes_report.get(c)
-        if r is None or r["sensitivity"] is None:
-            failures.append(f"sensitivity for {c} not measured (no {c} image in the test split)")
-            continue
-        value = r["sensitivity"] if gate_on == "point" else r["sensitivity_ci"][0]
-        if value < need:
-            what = "estimate" if gate_on == "point" else "exact lower bound"
-            failures.append(f"sensitivity for {c} {what} {value:.3f} < {need} "
-                            f"(estimate {r['sensitivity']:.3f}, interval {r['sensitivity_ci'][0]:.3f}-"
-                            f"{r['sensitivity_ci'][1]:.3f}, {r['groups']} groups)")
-    return failures
-
-
-def promotion_decision(gates: list[str], champion: str | None, comparison: dict | None, newer_data: bool,
-                       select_by: str, require_approval: bool) -> dict:
-    """The decision in words a clinician reads; no registry access."""
-    if gates:
-        return {"alias": "challenger", "reason": "fails the clinical gates: " + "; ".join(gates)}
-    if champion is None:
-        out = {"alias": "champion", "reason": "passes the clinical gates and there was no champion"}
-    elif comparison is None:
-        out = {"alias": "champion", "reason": f"champion v{champion} predicts other classes; passes the clinical gates"}
-    else:
-        sentence = paired.describe(comparison, select_by)
-        if comparison["identical"]:
-            return {"alias": "challenger", "reason": f"same predictions as champion v{champion} on every test image: "
-                                                     "no reason to change. " + sentence}
-        wins = comparison["verdict"] == "better" or (comparison["verdict"] == "not_worse" and newer_data)
-        if comparison["verdict"] == "not_worse" and not newer_data:
-            sentence += " Non-inferiority only promotes a model trained on newer data; this one is not."
-        out = {"alias": "champion" if wins else "challenger", "reason": f"vs champion v{champion}: {sentence}"}
-    if out["alias"] == "champion" and require_approval:
-        return {"alias": "awaiting_approval", "reason": out["reason"] + " Waiting for a clinician's approval."}
-    return out
-
-
 def compare(params, evaluation, best, test, raw, classes, name, champion) -> tuple[dict | None, dict | None]:
     """Paired comparison of the new model and the champion on the same test images."""
     if champion is None:
@@ -114,6 +81,32 @@ def compare(params, evaluation, best, test, raw, classes, name, champion) -> tup
     comparison = paired.paired_comparison(evaluation.select_by, y, new, old, test.group_id.to_numpy(), classes,
                                           params.bootstrap, 0, params.confidence, params.rule, params.margin)
     return comparison, {"version": int(champion.version), "data_version": champion.tags.get("data_version", "")}
+
+
+def first_registered(client, name: str, data_version: str) -> int | None:
+    """When the registry first saw a data version: the creation time (ms) of the first version of `name` trained on
+    it, or None. DVC's data versions are content hashes with no order of their own; the registry's is the record."""
+    if data_version in ("", "untracked"):
+        return None
+    found = client.search_model_versions(f"name = '{name}' and tag.data_version = '{data_version}'")
+    return min((int(v.creation_timestamp) for v in found), default=None)
+
+
+def newer_data(client, name: str, champion, data_version: str) -> tuple[bool, str]:
+    """(whether the new model, registered already, was trained on a LATER data version than the champion, why).
+    A data version the registry first saw after the champion's is later; the same one, an older one, or one that
+    cannot be ordered (untracked, or a champion without a data_version tag) is not."""
+    old, who = champion.tags.get("data_version", ""), f"champion v{champion.version}"
+    if old in ("", "untracked"):
+        return False, f"{who} records no data version, so its data cannot be ordered"
+    if data_version == old:
+        return False, f"its data version {data_version[:8]} is {who}'s"
+    new_at, old_at = first_registered(client, name, data_version), first_registered(client, name, old)
+    if new_at is None or old_at is None:
+        return False, f"data version {data_version[:8]} or {who}'s {old[:8]} is unknown to the registry"
+    if new_at <= old_at:
+        return False, f"its data version {data_version[:8]} was first registered before {who}'s {old[:8]}"
+    return True, f"data version {data_version[:8]}, first registered after {who}'s {old[:8]}"
 
 
 def find_version(client, name: str, run_id: str):
@@ -140,6 +133,16 @@ def lineage_tags(info: dict, scores: dict, export_dir: Path, params_digest: str)
             "classes": ",".join(metadata["classes"]), "decision": "pending", "reason": "register in progress"}
     tags.update({f"test_{k}": f"{v:.4f}" for k, v in scores.items() if isinstance(v, float)})
     tags.update({f"tflite_{k}": f"runs:/{info['run_id']}/tflite/{v['file']}" for k, v in metadata["variants"].items()})
+    return {**tags, **operating_point_tags(metadata["operating_point"])}
+
+
+def operating_point_tags(op: dict) -> dict[str, str]:
+    """The shipped decision on the registry version, so deployment reads it beside the model."""
+    value = lambda v: "none" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)  # noqa: E731
+    tags = {f"op_{k}": value(op[k]) for k in ("threshold", "target_sensitivity", "confidence",
+                                              "guaranteed_sensitivity", "target_met", "temperature")}
+    tags["op_positive_classes"] = ",".join(op["positive_classes"])
+    tags.update({f"op_test_{k}": value(v) for k, v in op["test"].items()})
     return tags
 
 
@@ -152,7 +155,7 @@ def register_version(client, name, info, best, scores, export_dir, params_digest
     found = find_version(client, name, info["run_id"])
     if found is not None:
         return found.version
-    uri = log_serving_model(info, Path(best["model"]), export_dir, sample)
+    uri = log_serving_model(info, export_dir / "model.keras", export_dir, sample)  # calibrated, as export shipped it
     tags = lineage_tags(info, scores, export_dir, params_digest)
     return mlflow.register_model(uri, name, tags=tags).version
 
@@ -168,18 +171,22 @@ def apply(client, name, version, decision, champion, data_version, wait) -> dict
 
 
 def decide(params: Params, info: dict, chosen: dict, best: dict, test: pd.DataFrame, raw: Path, version: str,
-           current) -> tuple[dict, dict | None, dict | None]:
-    """(decision, paired comparison, the champion before) for the registered version."""
+           current, op: dict, shift_report: dict | None = None) -> tuple[dict, dict | None, dict | None]:
+    """(decision, paired comparison, the champion before) for the registered version; `op` is export's
+    operating point, whose sensitivities on the test split the clinical gates read."""
     if current is not None and str(current.version) == version:
         decision = {"alias": "champion", "reason": f"v{version} is already @champion (same training run); kept"}
         return decision, None, {"version": int(version), "data_version": info["data_version"]}
     reg, classes = params.register, list(params.base.classes)
     comparison, before = compare(reg, params.evaluate, best, test, raw, classes, reg.model_name, current)
-    gates = gate_failures(chosen["test_report"]["classes"], reg.min_sensitivity, reg.gate_on)
-    newer = before is None or before["data_version"] != info["data_version"]
+    gates = (operating_point_failures(op, params.operating_point.promote_below_target, reg.min_specificity, reg.gate_on)
+             + gate_failures(at_operating_point(chosen["test_report"]["classes"], op), reg.min_sensitivity,
+                             reg.gate_on))
+    newer, why = newer_data(registry_client(), reg.model_name, current, info["data_version"]) if comparison \
+        else (False, "")
     decision = promotion_decision(gates, str(current.version) if current else None, comparison, newer,
-                                  params.evaluate.select_by, reg.require_approval)
-    return decision, comparison, before
+                                  params.evaluate.select_by, reg.require_approval, why)
+    return hold_for_shift(decision, shift_report, params.shift.on_shift), comparison, before
 
 
 def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
@@ -193,11 +200,14 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     info = json.loads((Path(best["model"]).parent / "run.json").read_text())
     chosen = metrics["architectures"][best["architecture"]]
     test = read_split(inputs.split, "test")
+    op = json.loads(inputs.operating_point.read_text())
     version = str(register_version(client, name, info, best, chosen["test"], inputs.export,
                                    tracking.params_digest(params), inputs.raw / test.path[0]))
     abandon_interrupted(client, name, version)
+    log_reference(client, info["run_id"], inputs.split, inputs.manifest)  # what a later shift check compares with
     current = client.get_model_version_by_alias(name, "champion") if alias_version(client, name) else None
-    decision, comparison, before = decide(params, info, chosen, best, test, inputs.raw, version, current)
+    decision, comparison, before = decide(params, info, chosen, best, test, inputs.raw, version, current, op,
+                                          read_report(inputs.shift))
     try:
         event = apply(client, name, version, decision, str(current.version) if current else None,
                       info["data_version"], reg.lock_timeout_seconds)
@@ -210,7 +220,10 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     client.log_text(info["run_id"], card, f"model_card_v{version}.md")
     report = {"model_name": name, "version": int(version), **decision, "moved": event.get("moved"),
               "rule": reg.rule, "select_by": params.evaluate.select_by, "comparison": comparison,
-              "new": chosen["test"], "champion_before": before, "history_seq": event.get("seq")}
+              "new": chosen["test"], "champion_before": before, "history_seq": event.get("seq"),
+              "operating_point": {**{k: op[k] for k in ("threshold", "positive_classes", "target_sensitivity",
+                                                        "confidence", "target_met", "guaranteed_sensitivity")},
+                                  **{f"test_{k}": op["test"][k]["value"] for k in ("sensitivity", "specificity")}}}
     outputs.out.write_text(json.dumps(report, indent=2) + "\n")
     log_decision(client, info["parent_run_id"], report, [outputs.out, outputs.card])
     return report

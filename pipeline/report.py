@@ -4,11 +4,15 @@ What was validated and excluded (with reasons), deduplicated and quarantined, fl
 review, how the split moved, the leaderboard with intervals, confusion matrices, Grad-CAM
 examples, the registry decision with its reason, and the model card. Pictures are embedded;
 the Data Docs and the review sheets are linked beside it. Logged to the pipeline's MLflow run.
+
+Also `reports/summary.json`, the run in a dozen flat numbers: the only file dvc.yaml declares as
+`metrics`, so `dvc metrics show` and `dvc metrics diff` print one readable line (the stages' full
+JSON reports stay outputs beside it).
 """
 from __future__ import annotations
 
-import argparse
 import base64
+import dataclasses
 import json
 from html import escape
 from pathlib import Path
@@ -16,6 +20,21 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.metrics import fmt
+from pipeline.stage import parser
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    reports: Path       # the stages' JSON reports, figures and the leaderboard
+    manifest: Path
+    conflicts: Path
+    card: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    out: Path           # reports/index.html
+    summary: Path       # reports/summary.json: dvc.yaml's only metrics file
 
 CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 1.5em 3em;color:#1d2330}
 h1{margin:.8em 0 .2em}h2{border-bottom:2px solid #dde3ea;padding-bottom:.2em;margin-top:1.8em}
@@ -76,6 +95,54 @@ def decision_section(registry: dict) -> str:
             + (f'<p class="muted">{escape(c["method"])}</p>' if c.get("method") else ""))
 
 
+def operating_point_section(op: dict, figure: Path) -> str:
+    """The refer rule the model ships with, its guarantee, and how it did on the test split."""
+    if not op:
+        return '<p class="muted">export has not run</p>'
+    t, a = op["test"], op["test_argmax"]
+    verdict = (f"sensitivity &ge; {op['target_sensitivity']:g} guaranteed with {op['confidence']:.0%} confidence"
+               if op["target_met"] else
+               f"<b>target {op['target_sensitivity']:g} not met</b>: sensitivity &ge; "
+               f"{op['guaranteed_sensitivity']:.3f} guaranteed with {op['confidence']:.0%} confidence")
+    rows = [{"": f"sensitivity ({' + '.join(op['positive_classes'])})", "at the operating point": t["sensitivity"]["value"],
+             "interval": span(t["sensitivity"]["interval"]), "argmax": a["sensitivity"]["value"]},
+            {"": "specificity", "at the operating point": t["specificity"]["value"],
+             "interval": span(t["specificity"]["interval"]), "argmax": a["specificity"]["value"]}]
+    rows += [{"": f"sensitivity, {c}", "at the operating point": r["value"], "interval": span(r["interval"]),
+              "argmax": a["per_class"][c]["value"]} for c, r in t["per_class"].items()]
+    return (f'<div class="decision other"><b>Refer when P({escape(" + ".join(op["positive_classes"]))}) &ge; '
+            f'{number(op["threshold"])}</b>: {verdict}.<br>{escape(op["reason"])}.</div>'
+            f"<p>Chosen on the calibration split ({op['calibration_images']} images, {op['positive_groups']} positive "
+            f"duplicate groups); probabilities temperature-scaled (T = {op['temperature']:.3f}). ECE on the test "
+            f"split {number(op['ece_test']['before']['value'])} before, {number(op['ece_test']['after']['value'])} "
+            f"after calibration. On the test split, exact intervals by duplicate group:</p>" + table(rows)
+            + image(figure, "ROC with the operating point; reliability before and after calibration"))
+
+
+def shift_section(shift: dict, sheet: Path) -> str:
+    """Whether new images look like the champion's reference images, where they differ, the most atypical ones."""
+    if not shift:
+        return '<p class="muted">the shift check has not run</p>'
+    kind = "other" if shift.get("shifted") else "champion"
+    rows = [{"": f"{kind_.split('_')[1]} {name}", "new": r.get("new"), "reference": r.get("reference"),
+             "p (both tests)": r.get("p_value"), "Holm-adjusted": r.get("p_adjusted"),
+             "classifier AUC": (r.get("classifier") or {}).get("auc"),
+             "compared with": r.get("against", r.get("reason"))}
+            for kind_ in ("per_class", "per_camera") for name, r in shift.get(kind_, {}).items()]
+    then = {"approve": "a model that would become champion waits for a clinician's approval",
+            "hold": "a model that would become champion stays challenger"}.get(shift.get("on_shift"), "")
+    return (f'<div class="decision {kind}"><b>{escape(shift.get("summary", ""))}</b></div>'
+            f"<p>The operating point's guarantee holds for photos like the ones the champion was checked on. New "
+            f"images (content the champion's reference lacks) are compared with its reference images in its embedding "
+            f"space: a kernel test (MMD) and a classifier test (cross-validated AUC), permutation p-values by duplicate "
+            f"group, Bonferroni-combined. When a shift is found, {then} (<code>shift.on_shift</code>).</p>"
+            + (table(rows) if rows else "") + image(sheet, "the most atypical new images"))
+
+
+def span(interval) -> str:
+    return "-" if not interval or interval[0] is None else f"{interval[0]:.3f} to {interval[1]:.3f}"
+
+
 def leaderboard_section(board: pd.DataFrame, select_by: str) -> str:
     rows = []
     for r in board.to_dict("records"):
@@ -102,6 +169,7 @@ def render(reports: Path, manifest: Path, conflicts: Path, card: Path) -> str:
 
     validation, dedup, split = (read_json(reports / f"{n}.json") for n in ("validation", "dedup", "split"))
     review, metrics, registry = (read_json(reports / f"{n}.json") for n in ("label_review", "metrics", "registry"))
+    op, shift = read_json(reports / "operating_point.json"), read_json(reports / "shift.json")
     files = pd.read_csv(manifest, keep_default_na=False) if manifest.is_file() else pd.DataFrame(columns=["status"])
     excluded = files[files.status == "excluded"][["path", "reason"]].to_dict("records")
     quarantine = pd.read_csv(conflicts, keep_default_na=False).to_dict("records") if conflicts.is_file() else []
@@ -113,6 +181,10 @@ def render(reports: Path, manifest: Path, conflicts: Path, card: Path) -> str:
     version = str(validation.get("data_version", "untracked")).removesuffix(".dir")
     sections = [
         ("decision", "Registry decision", decision_section(registry)),
+        ("operating_point", "The clinical decision (operating point)",
+         operating_point_section(op, reports / "operating_point.png")),
+        ("shift", "Shift check (new images vs the champion's reference)",
+         shift_section(shift, reports / "shift_atypical.png")),
         ("leaderboard", "Leaderboard", leaderboard_section(board, select_by) if not board.empty else "none"),
         ("confusion", "Confusion matrices (test split)", f'<div class="grid">{confusions}</div>'),
         ("gradcam", "Where the chosen model looked (Grad-CAM, test images)", gradcam_section(reports / "evaluate" / "gradcam")),
@@ -133,7 +205,7 @@ def render(reports: Path, manifest: Path, conflicts: Path, card: Path) -> str:
         ("split", "Split",
          f"<p>{split.get('kept_from_ledger', 0)} images kept their earlier split, {split.get('newly_assigned', 0)} "
          f"newly assigned, {split.get('moved', 0)} moved; left test: {len(split.get('left_test', []))}, "
-         f"left val: {len(split.get('left_val', []))}.</p>" + table(per_split)),
+         f"left val: {len(split.get('left_val', []))}, left calibration: {len(split.get('left_calibration', []))}.</p>" + table(per_split)),
         ("card", "Model card", f'<div class="card">{markdown.markdown(card.read_text().replace("<", "&lt;"), extensions=["tables"])}</div>'
                                 if card.is_file() else "none"),
     ]
@@ -156,17 +228,36 @@ def log_to_mlflow(page: Path, metrics: dict) -> None:
     MlflowClient().log_artifact(info["parent_run_id"], str(page), artifact_path="report")
 
 
+def summary(reports: Path) -> dict:
+    """The run in flat numbers a person reads in one line of `dvc metrics show` (keys sorted there)."""
+    validation, metrics, registry = (read_json(reports / f"{n}.json") for n in ("validation", "metrics", "registry"))
+    best = metrics.get("best", {})
+    test = metrics.get("architectures", {}).get(best.get("architecture"), {}).get("test", {})
+    interval = best.get("test_interval") or {}
+    rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in {
+        "val": best.get("val_value"), "test": best.get("test_value"),
+        "test_low": interval.get("low"), "test_high": interval.get("high"),
+        **{"sens_" + k.removeprefix("sensitivity_"): v for k, v in test.items() if k.startswith("sensitivity_")},
+    }.items()}
+    op = read_json(reports / "operating_point.json")
+    rounded.update({k: round(v, 3) for k, v in (("refer_threshold", op.get("threshold")),
+                                                  ("refer_guaranteed", op.get("guaranteed_sensitivity")))
+                    if v is not None})
+    return {"data": str(validation.get("data_version", "untracked")).removesuffix(".dir")[:8],
+            "images": validation.get("ok"), "excluded": validation.get("excluded"),
+            "chosen": best.get("architecture"), "select_by": metrics.get("select_by"), **rounded,
+            "alias": registry.get("alias"), "version": registry.get("version")}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for flag in ("reports", "manifest", "conflicts", "card", "out"):
-        parser.add_argument(f"--{flag}", type=Path, required=True)
-    args = parser.parse_args(argv)
+    args = parser(__doc__, Inputs, Outputs).parse_args(argv)
     args.out.write_text(render(args.reports, args.manifest, args.conflicts, args.card), encoding="utf-8")
+    args.summary.write_text(json.dumps(summary(args.reports), indent=1) + "\n", encoding="utf-8")
     metrics = read_json(args.reports / "metrics.json")
     if metrics:
         log_to_mlflow(args.out, metrics)
     print(f"report: {args.out} ({args.out.stat().st_size / 1e6:.1f} MB, self-contained); "
-          f"also on the pipeline's MLflow run under report/")
+          f"also on the pipeline's MLflow run under report/; {args.summary} for `dvc metrics show`")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""split: train/val/test by duplicate group, stratified by class, with a ledger that never forgets.
+"""split: train/val/calibration/test by duplicate group, stratified by class, with a ledger that never forgets.
+
+`calibration` is held out like val and test: it did not shape the weights (val drives early
+stopping and chooses the architecture), so export fits the temperature and chooses the refer
+threshold there, and the threshold's guarantee holds (pipeline/operating_point.py).
 
 A group never straddles two splits. The ledger (`ledger.csv`, persisted across runs and data
 versions) remembers, for every image content (sha256) ever assigned, the most training-ward
@@ -8,7 +12,10 @@ the value, "dhash:8:9f3a..."; older tables call the column `phash`, renamed on r
   is never placed in val or test again, whatever its path, label or group now;
 - held-out content keeps its split (so champion and challenger meet the same test images);
 - held-out images may move into training when new images merge their group with a training
-  group (never the reverse); val and test merged go to val. Every move is reported, with why.
+  group (never the reverse); held-out splits merged go to the first of val, calibration, test.
+  Every move is reported, with why.
+- a ledger from before the calibration split shares its validation groups out again between
+  validation and calibration, once (train and test never change for it).
 Content leaving the data (a quarantined conflict, a deleted copy) stays in the ledger, so it
 cannot come back as "new" into a held-out split. New groups go, largest first, to the split
 their class lacks most (seeded order among equals).
@@ -28,7 +35,7 @@ from pipeline.hamming import near_pairs
 from pipeline.params import Params, Split, load_params
 from pipeline.stage import one_line_errors, parser, paths
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "calibration", "test")  # training-ward first
 LEDGER = ["sha256", "perceptual_hash", "split", "first_split", "path", "label"]
 OLD_HASH_COLUMN = "phash"  # the name of perceptual_hash in groups.csv and ledger.csv before it held other kinds
 
@@ -53,7 +60,8 @@ def training_rows(groups: pd.DataFrame) -> pd.DataFrame:
 
 
 def ratios(params: Split) -> dict[str, float]:
-    return {"train": 1.0 - params.val - params.test, "val": params.val, "test": params.test}
+    return {"train": 1.0 - params.val - params.calibration - params.test, "val": params.val,
+            "calibration": params.calibration, "test": params.test}
 
 
 def parse_hash(value: str) -> tuple[str, int] | None:
@@ -97,8 +105,10 @@ def keep_previous(rows: pd.DataFrame, ledger: pd.DataFrame, max_distance: int) -
     return placed, reason
 
 
-def place_new(rows: pd.DataFrame, placed: dict[str, str], share: dict[str, float], seed: int) -> dict[str, str]:
-    """Place unplaced groups, largest first (seeded order among equals), where their class lacks most."""
+def place_new(rows: pd.DataFrame, placed: dict[str, str], share: dict[str, float], seed: int,
+              only: dict[str, tuple[str, ...]] | None = None) -> dict[str, str]:
+    """Place unplaced groups, largest first (seeded order among equals), where their class lacks most
+    (among the splits `only` allows a group, if it names it)."""
     sizes = rows.groupby("group_id").size()
     label = rows.groupby("group_id").label.first()
     total = rows.label.value_counts()
@@ -110,7 +120,7 @@ def place_new(rows: pd.DataFrame, placed: dict[str, str], share: dict[str, float
     placed = dict(placed)
     for gid in order:
         c = label[gid]
-        split = max(SPLITS, key=lambda s: share[s] * total[c] - counts[c, s])
+        split = max((only or {}).get(gid, SPLITS), key=lambda s: share[s] * total[c] - counts[c, s])
         placed[gid] = split
         counts[c, split] += int(sizes[gid])
     return placed
@@ -120,12 +130,19 @@ def assign_splits(groups: pd.DataFrame, ledger: pd.DataFrame, params: Split, see
                   max_distance: int = 0) -> pd.DataFrame:
     rows = training_rows(groups)
     placed, reason = keep_previous(rows, ledger, max_distance)
-    placed = place_new(rows, placed, ratios(params), seed)
+    reopened = {}
+    if params.calibration > 0 and len(ledger) and not (ledger.split == "calibration").any():
+        reopened = {g: ("val", "calibration") for g, s in placed.items() if s == "val"}
+        placed = {g: s for g, s in placed.items() if g not in reopened}
+    placed = place_new(rows, placed, ratios(params), seed, reopened)
     rows["split"] = rows.group_id.map(placed)
     first = reason.groupby(rows.group_id).agg(lambda r: next((x for x in r if x), ""))
     inherited = rows.group_id.map(first)
     via_group = "its duplicate group " + rows.group_id + " holds an image that must train (" + inherited + ")"
     rows["train_reason"] = reason.where(reason != "", via_group.where(inherited != "", ""))
+    shared_out = rows.group_id.isin(list(reopened)) & (rows.split == "calibration")
+    rows.loc[shared_out, "train_reason"] = ("the calibration split was introduced: validation groups were shared out "
+                                            "between validation and calibration, once")
     return rows
 
 
@@ -142,13 +159,13 @@ def moves(split: pd.DataFrame, ledger: pd.DataFrame) -> list[dict]:
 
 
 def update_ledger(ledger: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
-    """Add new content, move content toward training only; content no longer present is kept as it was."""
-    rank = {s: i for i, s in enumerate(SPLITS)}
+    """Add new content; content once trained stays train, held-out content takes its new held-out split (a merge
+    or the calibration split's introduction); content no longer present is kept as it was."""
     old = ledger.set_index("sha256")
     new = split.drop_duplicates("sha256").set_index("sha256")
     both = old.index.intersection(new.index)
-    toward_train = np.minimum(old.loc[both, "split"].map(rank), new.loc[both, "split"].map(rank))
-    old.loc[both, "split"] = [SPLITS[i] for i in toward_train]
+    trained = (old.loc[both, "split"] == "train") | (new.loc[both, "split"] == "train")
+    old.loc[both, "split"] = np.where(trained, "train", new.loc[both, "split"])  # held-out moves only by a merge
     kept = ["path", "label", "perceptual_hash"]
     old.loc[both, kept] = new.loc[both, kept].to_numpy()
     fresh = new.loc[new.index.difference(old.index)]
@@ -191,6 +208,7 @@ def summarize(split: pd.DataFrame, groups: pd.DataFrame, ledger: pd.DataFrame, m
         "moved": len(moved),
         "left_test": [m for m in moved if m["from"] == "test"],
         "left_val": [m for m in moved if m["from"] == "val"],
+        "left_calibration": [m for m in moved if m["from"] == "calibration"],
         "ledger_contents": int(len(known | set(split.sha256))),
         "excluded_label_conflicts": int(groups.conflict.astype(bool).sum()),
         "excluded_exact_copies": int(((groups.duplicate_of.fillna("") != "") & ~groups.conflict.astype(bool)).sum()),

@@ -15,7 +15,7 @@ SPLIT_COLUMNS = ("path", "label", "group_id", "split")  # sha256 too since the l
 
 
 def read_split(path: Path, split: str | None = None, classes=None) -> pd.DataFrame:
-    """The rows of `split` (train, val, test; None: every row), index 0..n-1. With `classes`, a label
+    """The rows of `split` (train, val, calibration, test; None: every row), index 0..n-1. With `classes`, a label
     outside them is an error; asking for a split that has no row is one too."""
     table = pd.read_csv(path, keep_default_na=False, dtype=str)
     missing = [c for c in SPLIT_COLUMNS if c not in table.columns]
@@ -29,6 +29,6 @@ def read_split(path: Path, split: str | None = None, classes=None) -> pd.DataFra
         return table.reset_index(drop=True)
     rows = table[table.split == split].reset_index(drop=True)
     if rows.empty:
-        remedy = "lower split.val and split.test" if split == "train" else f"raise split.{split}"
+        remedy = "lower split.val, split.calibration and split.test" if split == "train" else f"raise split.{split}"
         raise StageError(f"the {split} split is empty; add images or {remedy}")
     return rows

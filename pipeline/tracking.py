@@ -11,19 +11,24 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import project
 from pipeline.endpoints import endpoint
 
-DEFAULT_URI = "sqlite:///mlflow.db"
 # the kind makes the MLflow 3 UI open the experiment on its training runs, not on GenAI traces
 KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
-def tracking_uri(root: Path = Path(".")) -> str:
+def default_uri(root: Path | None = None) -> str:
+    """The local store: mlflow.db in the project root (not the working directory), artifacts in mlruns/ beside it."""
+    return f"sqlite:///{Path(root or project.root()) / 'mlflow.db'}"
+
+
+def tracking_uri(root: Path | None = None) -> str:
     """MLFLOW_TRACKING_URI when set, else the running stack's server, else the SQLite default;
     pointed at by every stage that logs."""
     import mlflow
 
-    uri = endpoint("MLFLOW_TRACKING_URI", root, DEFAULT_URI)
+    uri = endpoint("MLFLOW_TRACKING_URI", root, None) or default_uri(root)
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -39,7 +44,7 @@ def setup(experiment: str) -> str:
             mlflow.MlflowClient().set_experiment_tag(found.experiment_id, *KIND)
         return found.experiment_id
     local = mlflow.get_tracking_uri().startswith("sqlite:")
-    location = (Path("mlruns") / experiment).resolve().as_uri() if local else None
+    location = (project.root() / "mlruns" / experiment).as_uri() if local else None
     try:
         return mlflow.create_experiment(experiment, artifact_location=location, tags=dict([KIND]))
     except mlflow.exceptions.MlflowException:  # made meanwhile by a stage on another worker

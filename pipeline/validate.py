@@ -16,11 +16,11 @@ import pandas as pd
 
 from pipeline import datadocs, pixels
 from pipeline.console import quiet
-from pipeline.images import UnusableImage, sha256_file
+from pipeline.images import UnusableImage, camera, sha256_file
 from pipeline.params import Base, Params, Validate, load_params
 from pipeline.stage import StageError, one_line_errors, parser, paths
 
-COLUMNS = ["path", "label", "sha256", "format", "mode", "width", "height", "bytes", "status", "reason"]
+COLUMNS = ["path", "label", "sha256", "format", "mode", "width", "height", "bytes", "status", "reason", "camera"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,8 @@ def describe_file(raw_dir: Path, base: Base, params: Validate, sizes: tuple[int,
         except UnusableImage as err:
             reason = str(err)
     row.update(status="ok" if reason is None else "excluded", reason=reason or "")
+    # EXIF make and model, read from the original (the only file that keeps its metadata), for the shift check
+    row["camera"] = camera(path) if reason is None else ""
     return row
 
 

@@ -56,6 +56,8 @@ def project(tmp_path_factory):
     params = shrink_params(root, **SMALL_DATA, dedup={"max_distance": 0},
                            evaluate={"bootstrap": 20}, export={"latency_repeats": 3},
                            register={"min_sensitivity": {"cancer": 0.5}},
+                           # the hand-set models tell cancer (blue) from the rest; precancer only the perfect one
+                           operating_point={"positive_classes": ["cancer"]},
                            train={"architectures": {"Colourmediocre": {"weights": "none"}}})
     data_stages(load_params(params), root / "raw", root, reports=root / "reports")
     return root, params
@@ -89,7 +91,8 @@ def pipeline_run(root: Path, params: Path, kind: str, before_register=None, retr
                  evaluate.Outputs(metrics=reports / "metrics.json", leaderboard=reports / "board.csv",
                                   figures=reports / "fig", plots=reports / "confusion"))
     export.run(loaded, export.Inputs(raw=root / "raw", split=root / "split.csv", metrics=reports / "metrics.json"),
-               export.Outputs(out=root / "export", report=reports / "export.json"))
+               export.Outputs(out=root / "export", report=reports / "export.json",
+                              operating_point=reports / "operating_point.json", figure=reports / "operating_point.png"))
     if before_register:
         before_register()
     result = register_again(root, loaded)
@@ -104,5 +107,5 @@ def register_again(root: Path, params) -> dict:
     reports = root / "reports"
     return register.run(params, register.Inputs(raw=root / "raw", split=root / "split.csv",
                                                 metrics=reports / "metrics.json", export=root / "export",
-                                                reports=reports),
+                                                reports=reports, operating_point=reports / "operating_point.json"),
                         register.Outputs(card=reports / "model_card.md", out=reports / "registry.json"))

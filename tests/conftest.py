@@ -66,14 +66,14 @@ TINY_PIPELINE = {"validate": {"min_images_per_class": 8}, "augment": {"target_pe
                            "architectures": {"MobileNetV2": {"weights": "imagenet", "alpha": 0.35},
                                              "SmallCNN": {"weights": "none", "image_size": 48}}},
                  "evaluate": {"bootstrap": 20}, "export": {"latency_repeats": 2},
-                 "register": {"min_sensitivity": {"cancer": 0.0}},
+                 "register": {"min_sensitivity": {"cancer": 0.0}, "min_specificity": 0.0},
                  "flow": {"quiet_seconds": 0, "retries": 0, "retry_delay_seconds": 1}}
 # ... and against the stack, one small architecture without ImageNet weights
 TINY_STACK = {"validate": {"min_images_per_class": 8}, "augment": {"target_per_class": 16},
               "train": {"head_epochs": 1, "finetune_epochs": 0, "batch_size": 16,
                         "architectures": {"SmallCNN": {"weights": "none", "image_size": 32}}},
               "evaluate": {"bootstrap": 20}, "export": {"latency_repeats": 2},
-              "register": {"min_sensitivity": {"cancer": 0.0}, "bootstrap": 20}}
+              "register": {"min_sensitivity": {"cancer": 0.0}, "min_specificity": 0.0, "bootstrap": 20}}
 
 
 def bench_module(name: str):

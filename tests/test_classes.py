@@ -43,7 +43,7 @@ def test_real_stages_on_other_class_counts(n_classes, tmp_path, monkeypatch):
         train={"head_epochs": 3, "finetune_epochs": 0, "batch_size": 8,
                "architectures": {"SmallCNN": {"weights": "none", "image_size": 32}}},
         evaluate={"bootstrap": 200}, export={"latency_repeats": 2},
-        register={"min_sensitivity": {c: 0.0 for c in positive}})
+        register={"min_sensitivity": {c: 0.0 for c in positive}, "min_specificity": 0.0})
     data_stages(params, raw, out, reports)
     augment.run(params, augment.Inputs(raw, out / "split.csv"), augment.Outputs(out / "aug", out / "aug.csv"))
     train.run(params, train.Inputs(raw, out / "aug", out / "split.csv", out / "aug.csv"),
@@ -54,10 +54,12 @@ def test_real_stages_on_other_class_counts(n_classes, tmp_path, monkeypatch):
     assert test["roc_auc"] is not None and 0 <= test["roc_auc"] <= 1  # binary AUC for 2, one-vs-rest for 4
     assert set(metrics["architectures"]["SmallCNN"]["test_report"]["classes"]) == set(classes)
     export.run(params, export.Inputs(raw, out / "split.csv", reports / "metrics.json"),
-               export.Outputs(tmp_path / "export", reports / "export.json"))
+               export.Outputs(tmp_path / "export", reports / "export.json", reports / "operating_point.json",
+                              reports / "operating_point.png"))
     assert (tmp_path / "export" / "labels.txt").read_text().split() == classes
     result = register.run(params, register.Inputs(raw, out / "split.csv", reports / "metrics.json", tmp_path / "export",
-                                                  reports), register.Outputs(reports / "model_card.md", reports / "registry.json"))
+                                                  reports, operating_point=reports / "operating_point.json"),
+                          register.Outputs(reports / "model_card.md", reports / "registry.json"))
     assert result["alias"] == "champion" and result["version"] == 1
     card = (reports / "model_card.md").read_text()
     assert all(f"| {c} |" in card for c in classes)
@@ -67,4 +69,13 @@ def test_real_stages_on_other_class_counts(n_classes, tmp_path, monkeypatch):
     rows = pd.read_csv(out / "split.csv").query("split == 'test'")
     answer = classify(served, [raw / rows.path.iloc[0]])[0]
     assert list(answer["probabilities"]) == classes and answer["error"] is None
+    # one decision in every form that ships: the registry's model, Keras and each exported TFLite variant
+    metadata = json.loads((tmp_path / "export" / "metadata.json").read_text())
+    assert metadata["operating_point"]["positive_classes"] == list(positive) and metadata["variants"]
+    images = [raw / path for path in rows.path]
+    decisions = {"registry": [a["refer"] for a in classify(served, images)]}
+    for name in ["model.keras", *(v["file"] for v in metadata["variants"].values())]:
+        decisions[name] = [a["refer"] for a in classify(load_classifier(str(tmp_path / "export" / name)), images)]
+    assert all(d == decisions["registry"] for d in decisions.values()), decisions
+    assert all(isinstance(d, bool) for d in decisions["registry"])
     assert json.loads((reports / "registry.json").read_text())["alias"] == "champion"

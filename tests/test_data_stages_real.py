@@ -51,6 +51,6 @@ def test_validate_dedup_split_guarantees(isic_raw, isic_dir, tmp_path):
     assert set(quarantined.path) == conflicted
     # one copy of each content is trained on; every class reaches every split
     assert not splits.path.isin(groups[groups.duplicate_of != ""].path).any()
-    assert splits.groupby("label").split.nunique().eq(3).all()
+    assert splits.groupby("label").split.nunique().eq(4).all()  # train, val, calibration, test
     # nothing under the raw folder or the shared set was touched
     assert tree_digest(isic_raw) == raw_before and tree_digest(isic_dir) == shared_before

@@ -99,3 +99,35 @@ def test_parity_check_rejects_a_variant_that_disagrees():
     assert parity(ref, ref, "float32", params)["accepted"]
     bad = parity(ref, np.eye(3)[[0, 1, 2, 1]], "dynamic_range", params)
     assert not bad["accepted"] and "top-1 agreement 0.7500" in bad["reason"]
+
+
+def test_the_temperature_is_folded_into_the_last_layer_exactly():
+    import keras
+
+    from pipeline.export import fold_temperature
+    from pipeline.operating_point import with_temperature
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255.0)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="classes")(x))
+    model.get_layer("classes").set_weights([np.random.default_rng(0).normal(0, 4, (3, 3)), np.zeros(3)])
+    x = np.random.default_rng(1).uniform(0, 255, (16, 8, 8, 3)).astype("float32")
+    before = model.predict_on_batch(x)
+    fold_temperature(model, 2.5)
+    after = model.predict_on_batch(x)
+    np.testing.assert_allclose(after, with_temperature(before, 2.5), atol=1e-5)
+    assert (after.argmax(1) == before.argmax(1)).all() and after.max() < before.max()
+
+
+def test_a_variant_that_changes_one_refer_decision_is_rejected():
+    from pipeline.export import parity
+    from pipeline.params import load_params
+    from tests.conftest import ROOT
+
+    params = load_params(ROOT / "params.yaml").export
+    ref = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]])
+    near = ref + np.array([[0.0006, -0.0006, 0], [0, 0, 0]])  # within every tolerance, top-1 unchanged ...
+    refer = lambda p: p[:, 1:].sum(1) >= 0.3995  # noqa: E731  ... but the first image crosses the threshold
+    assert parity(ref, near, "float32", params)["accepted"]
+    rejected = parity(ref, near, "float32", params, refer)
+    assert not rejected["accepted"] and "refer decision differs from Keras on 1 test image(s)" in rejected["reason"]

@@ -51,6 +51,20 @@ def test_bad_rows_carry_null_not_nan():
     assert rows[0]["prob_precancer"] == pytest.approx(0.7)
 
 
+def test_the_answer_carries_the_refer_decision_of_the_shipped_operating_point():
+    op = {"threshold": 0.5, "positive_classes": ["cancer", "precancer"]}
+    model = ImageClassifier()
+    model.classifier = Classifier(lambda x: np.tile([[0.45, 0.35, 0.2]], (len(x), 1)), CLASSES, 16, operating_point=op)
+    rows = served(model, pd.DataFrame({"image": [png_base64("red"), "not base64!"]}))
+    assert rows[0]["class"] == "normal" and rows[0]["refer"] is True  # argmax says normal; 0.55 >= 0.5 refers
+    assert rows[0]["refer_score"] == pytest.approx(0.55)
+    assert rows[1]["refer"] is None and rows[1]["refer_score"] is None
+    model.classifier.operating_point = {**op, "threshold": 0.6}
+    assert served(model, pd.DataFrame({"image": [png_base64("red")]}))[0]["refer"] is False
+    model.classifier.operating_point = None  # a model registered before operating points: no decision, not a guess
+    assert served(model, pd.DataFrame({"image": [png_base64("red")]}))[0]["refer"] is None
+
+
 def test_strict_parser_refuses_nan():
     with pytest.raises(ValueError, match="NaN"):
         strict_json('{"p": NaN}')

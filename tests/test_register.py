@@ -1,5 +1,5 @@
-"""register: the clinical gates and the promotion decision as functions; then the real stage on a real SQLite
-MLflow store with hand-set models: champion, challenger, a failure before the alias move, a retry, predict."""
+"""register: what counts as newer data; then the real stage on a real SQLite MLflow store with hand-set
+models: champion, challenger, a failure before the alias move, a retry, predict."""
 import json
 import os
 import subprocess
@@ -11,54 +11,37 @@ from tests.colour_project import CLASSES, pipeline_run, project, register_again 
 from tests.conftest import free_port
 
 
-def report(sensitivity, low=None, high=1.0, groups=5):
-    return {"sensitivity": sensitivity, "sensitivity_ci": None if sensitivity is None else [low, high],
-            "groups": groups}
+class Version:
+    def __init__(self, version, data_version, created):
+        self.version, self.creation_timestamp = str(version), created
+        self.tags = {} if data_version is None else {"data_version": data_version}
 
 
-def test_gates_on_the_estimate_or_its_exact_lower_bound():
-    from pipeline.register import gate_failures
+class Registry:
+    """The one registry call newer_data makes, over a list of versions."""
+    def __init__(self, *versions):
+        self.versions = versions
 
-    classes = {"cancer": report(0.9, 0.55), "precancer": report(0.7, 0.35)}
-    assert gate_failures(classes, {"cancer": 0.8, "precancer": 0.6}, "point") == []
-    failures = gate_failures(classes, {"cancer": 0.8, "precancer": 0.6}, "lower_bound")
-    assert [f.split(" exact")[0] for f in failures] == ["sensitivity for cancer", "sensitivity for precancer"]
-    assert "exact lower bound 0.550 < 0.8 (estimate 0.900, interval 0.550-1.000, 5 groups)" in failures[0]
-    assert gate_failures({"cancer": report(0.75, 0.5)}, {"cancer": 0.8}, "point") == [
-        "sensitivity for cancer estimate 0.750 < 0.8 (estimate 0.750, interval 0.500-1.000, 5 groups)"]
-    # a class with no test image fails as "not measured", never as a pass or a 0
-    assert gate_failures({"cancer": report(None)}, {"cancer": 0.0}, "point") == [
-        "sensitivity for cancer not measured (no cancer image in the test split)"]
-    assert gate_failures({}, {"cancer": 0.0}, "point")[0].endswith("not measured (no cancer image in the test split)")
+    def search_model_versions(self, query):
+        wanted = query.split("tag.data_version = '")[1].rstrip("'")
+        return [v for v in self.versions if v.tags.get("data_version") == wanted]
 
 
-def comparison(verdict, identical=False):
-    return {"verdict": verdict, "identical": identical, "one_sided_lower": 0.01 if verdict != "not_shown" else -0.2,
-            "new": 0.8, "old": 0.7, "difference": 0.1, "confidence": 0.95, "rule": "superiority", "margin": 0.05}
+def test_newer_data_means_a_data_version_the_registry_saw_later():
+    from pipeline.register import newer_data
 
-
-def test_promotion_decision_in_every_case():
-    from pipeline.register import promotion_decision as decide
-
-    assert decide(["sensitivity for cancer x"], None, None, True, "balanced_accuracy", False) == {
-        "alias": "challenger", "reason": "fails the clinical gates: sensitivity for cancer x"}
-    assert decide([], None, None, True, "balanced_accuracy", False)["alias"] == "champion"
-    other = decide([], "3", None, True, "balanced_accuracy", False)
-    assert other["alias"] == "champion" and "champion v3 predicts other classes" in other["reason"]
-    better = decide([], "3", comparison("better"), False, "balanced_accuracy", False)
-    assert better["alias"] == "champion" and better["reason"].startswith("vs champion v3: balanced_accuracy 0.800")
-    assert decide([], "3", comparison("not_shown"), True, "balanced_accuracy", False)["alias"] == "challenger"
-    # non-inferiority promotes only a model trained on newer data
-    assert decide([], "3", comparison("not_worse"), True, "balanced_accuracy", False)["alias"] == "champion"
-    same_data = decide([], "3", comparison("not_worse"), False, "balanced_accuracy", False)
-    assert same_data["alias"] == "challenger" and "only promotes a model trained on newer data" in same_data["reason"]
-    # identical predictions never churn the champion, whatever the verdict
-    tie = decide([], "3", comparison("better", identical=True), True, "balanced_accuracy", False)
-    assert tie["alias"] == "challenger" and tie["reason"].startswith("same predictions as champion v3")
-    # sign-off: a winner waits; a loser does not ask
-    waiting = decide([], "3", comparison("better"), False, "balanced_accuracy", True)
-    assert waiting["alias"] == "awaiting_approval" and waiting["reason"].endswith("Waiting for a clinician's approval.")
-    assert decide(["gate"], None, None, True, "balanced_accuracy", True)["alias"] == "challenger"
+    old, mid, new = Version(1, "aaaa", 100), Version(2, "bbbb", 200), Version(3, "cccc", 300)
+    registry = Registry(old, mid, new, Version(4, "aaaa", 400))  # v4: retrained on the oldest data
+    assert newer_data(registry, "m", mid, "cccc") == (True, "data version cccc, first registered after "
+                                                             "champion v2's bbbb")
+    older = newer_data(registry, "m", mid, "aaaa")  # a later model on older data is not newer
+    assert older == (False, "its data version aaaa was first registered before champion v2's bbbb")
+    assert newer_data(registry, "m", mid, "bbbb") == (False, "its data version bbbb is champion v2's")
+    untagged = newer_data(registry, "m", Version(5, None, 50), "cccc")  # a champion without data_version tag
+    assert untagged == (False, "champion v5 records no data version, so its data cannot be ordered")
+    assert not newer_data(registry, "m", Version(6, "untracked", 50), "cccc")[0]
+    assert not newer_data(registry, "m", mid, "untracked")[0]
+    assert not newer_data(registry, "m", mid, "dddd")[0]  # a data version no version was registered on
 
 
 @pytest.mark.slow

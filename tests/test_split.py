@@ -8,7 +8,7 @@ from pipeline.params import Split, load_params
 from pipeline.split import LEDGER, Inputs, Outputs, assign_splits, main, run, training_rows, update_ledger
 from tests.conftest import SMALL_DATA, shrink_params
 
-PARAMS = Split(val=0.15, test=0.15)
+PARAMS = Split(val=0.15, calibration=0.15, test=0.15)
 
 
 def make_groups(n_groups: int, per_group: int = 1, labels=("normal", "precancer", "cancer"), prefix="") -> pd.DataFrame:
@@ -34,8 +34,9 @@ def test_no_group_straddles_and_classes_are_stratified():
     assert (split.groupby("group_id").split.nunique() == 1).all()
     share = split.groupby("label").split.value_counts(normalize=True)
     for label in ("normal", "precancer", "cancer"):
-        assert share[label, "train"] == pytest.approx(0.70, abs=0.04)
-        assert share[label, "test"] == pytest.approx(0.15, abs=0.04)
+        assert share[label, "train"] == pytest.approx(0.55, abs=0.04)
+        for held_out in ("val", "calibration", "test"):
+            assert share[label, held_out] == pytest.approx(0.15, abs=0.04)
 
 
 def test_deterministic_and_seeded():
@@ -53,7 +54,7 @@ def test_existing_images_keep_their_split_when_data_grows():
     second = assign_splits(grown, ledger_of(first), PARAMS, seed=1)
     kept = second[second.path.isin(list(previous))]
     assert all(previous[p] == s for p, s in zip(kept.path, kept.split))
-    assert set(second[~second.path.isin(list(previous))].split) == {"train", "val", "test"}
+    assert set(second[~second.path.isin(list(previous))].split) == {"train", "val", "calibration", "test"}
 
 
 def test_new_image_joins_its_groups_split():
@@ -141,6 +142,26 @@ def test_ledger_moves_only_toward_training():
     after = update_ledger(ledger, flipped).set_index("sha256")
     assert (after.loc[split[split.split == "train"].sha256, "split"] == "train").all()
     assert (after.first_split.loc[split.sha256].values == split.split.values).all()
+
+
+def test_a_ledger_from_before_the_calibration_split_shares_validation_out_once():
+    from pipeline.split import moves
+
+    groups = make_groups(150)
+    before = assign_splits(groups, EMPTY, Split(val=0.3, calibration=0.0, test=0.15), seed=1)
+    assert "calibration" not in set(before.split)
+    old = ledger_of(before)
+    now = assign_splits(groups, old, PARAMS, seed=1)
+    was = dict(zip(before.path, before.split))
+    changed = now[[was[p] != s for p, s in zip(now.path, now.split)]]
+    assert len(changed) and set(zip(changed.path.map(was), changed.split)) == {("val", "calibration")}
+    assert all(now.split[now.path.map(was) == "test"] == "test") and all(now.split[now.path.map(was) == "train"] == "train")
+    reasons = {m["reason"] for m in moves(now, old)}
+    assert reasons == {"the calibration split was introduced: validation groups were shared out between validation "
+                       "and calibration, once"}
+    ledger = update_ledger(old, now)
+    assert (ledger.split == "calibration").sum() == len(changed)  # recorded: the next run changes nothing
+    assert assign_splits(groups, ledger, PARAMS, seed=1).split.equals(now.split)
 
 
 def test_tables_from_before_perceptual_hash_was_named_are_read(tmp_path, capsys):

@@ -37,7 +37,7 @@ def test_a_label_outside_the_classes_is_named(tmp_path):
     assert len(read_split(path, "test")) == 2  # without classes, labels are not checked
 
 
-@pytest.mark.parametrize("split, remedy", [("val", "raise split.val"), ("train", "lower split.val and split.test")])
+@pytest.mark.parametrize("split, remedy", [("val", "raise split.val"), ("train", "lower split.val, split.calibration and split.test")])
 def test_an_empty_split_is_named_with_its_remedy(tmp_path, split, remedy):
     path = write(tmp_path, split=["test", "test", "val"] if split == "train" else ["test", "train", "test"])
     with pytest.raises(StageError, match=f"the {split} split is empty; add images or {remedy}"):

@@ -15,13 +15,14 @@ def test_stage_order_is_dvcs_graph():
     order = stage_order(ROOT)
     trains = [f"train@{arch}" for arch in yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["architectures"]]
     assert order[:3] == ["validate", "dedup", "split"]
-    assert sorted(order) == sorted(["validate", "dedup", "split", "augment", *trains,
+    assert sorted(order) == sorted(["validate", "dedup", "split", "shift", "augment", *trains,
                                     "evaluate", "export", "register", "label_review", "report"])  # foreach expanded by DVC
     position = {stage: i for i, stage in enumerate(order)}
     assert position["augment"] < min(position[t] for t in trains)
     assert max(position[t] for t in trains) < position["evaluate"]
     assert position["evaluate"] < position["export"] < position["register"] < position["report"]
     assert position["label_review"] < position["report"]
+    assert position["split"] < position["shift"] < position["register"]
 
 
 def test_second_run_on_the_same_workspace_is_refused(tmp_path):
