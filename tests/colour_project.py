@@ -100,12 +100,13 @@ def pipeline_run(root: Path, params: Path, kind: str, before_register=None, retr
     return result
 
 
-def register_again(root: Path, params) -> dict:
+def register_again(root: Path, params, shift: Path | None = None) -> dict:
     """The register stage alone on what evaluate and export left (as `dvc repro -f register`)."""
     from pipeline import register
 
     reports = root / "reports"
     return register.run(params, register.Inputs(raw=root / "raw", split=root / "split.csv",
                                                 metrics=reports / "metrics.json", export=root / "export",
-                                                reports=reports, operating_point=reports / "operating_point.json"),
+                                                reports=reports, operating_point=reports / "operating_point.json",
+                                                shift=shift),
                         register.Outputs(card=reports / "model_card.md", out=reports / "registry.json"))

@@ -146,3 +146,30 @@ def test_store_dropping_at_the_alias_move_leaves_no_claim_and_the_next_run_compl
     done = pipeline_run(root, params, "perfect", retry=True)  # the next run completes it
     assert (done["version"], done["alias"]) == (2, "champion")
     assert len(client.search_model_versions(f"name = '{name}'")) == 2
+
+
+@pytest.mark.slow
+def test_after_a_shift_the_winner_waits_for_a_clinician(project, monkeypatch, tmp_path):
+    """The shift check found new photos unlike the champion's: a model that earns @champion is recorded as
+    awaiting approval, nothing moves, and a clinician's approval moves it (the same code as the CLI)."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.params import load_params
+    from pipeline.registry import aliases
+    from pipeline.registry.client import alias_version
+
+    root, params = project
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'shift.db'}")
+    client, name = MlflowClient(), "oralscan-classifier"
+    assert pipeline_run(root, params, "mediocre")["alias"] == "champion"
+    pipeline_run(root, params, "perfect")  # registers v2 as champion; put v1 back and decide again after a shift
+    aliases.rollback(client, name, "1", "test: decide v2 again after a shift", "test")
+    report = tmp_path / "shift.json"
+    report.write_text(json.dumps({"shifted": True, "p_value": 0.001, "summary": "new images differ (p = 0.001)"}))
+    waiting = register_again(root, load_params(params), shift=report)
+    assert (waiting["version"], waiting["alias"]) == (2, "awaiting_approval"), waiting
+    assert "Shift check: new images differ (p = 0.001)." in waiting["reason"] and alias_version(client, name) == "1"
+    assert client.get_model_version(name, "2").tags["decision"] == "awaiting_approval"
+    event = aliases.approve(client, name, "2", "dr. rao", "looked at the new photos")
+    assert event["moved"] and alias_version(client, name) == "2"
