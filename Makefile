@@ -7,7 +7,9 @@ SHARED ?= $(abspath ../shared)
 # DVC runs stage commands through the shell: the venv must come first on PATH.
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL := 2
-export DO_NOT_TRACK := 1
+# telemetry off (pipeline/telemetry.py sets the same for commands run without make)
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := False
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # Keras looks for ImageNet weights in $KERAS_HOME/models; the demo seeds it from ../shared/weights.
@@ -52,7 +54,7 @@ demo: install
 	$(BIN)/dvc repro
 	$(BIN)/dvc push -q
 	@echo; echo "Done. Open reports/index.html. Runs: $$(sed -n 's/^MLFLOW_TRACKING_URI=//p' .stack/env 2>/dev/null || true)"
-	@test -f .stack/env || echo ".venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db, then http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
+	@test -f .stack/env || echo "MLFLOW_DISABLE_TELEMETRY=true .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db, then http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
 
 # From the demo to your own images (README "Your own images"): clears the demo's outputs, ledger and
 # registry, never data/raw or data/labels; REMOVE_DEMO_IMAGES=1 also deletes the demo's own images.

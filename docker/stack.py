@@ -6,7 +6,9 @@
 
 Settings: docker/stack.env (shared with docker-compose.yml), each overridable by an environment
 variable of the same name. Every byte of data lives under STACK_DIR (default .stack/): the
-PostgreSQL cluster, the object store, logs, process ids and the generated secrets. Clients read
+PostgreSQL cluster, the object store, logs, process ids and the generated secrets. As root, the cluster
+runs as the postgres user; when that user cannot reach STACK_DIR (root's home is mode 700) the cluster
+lives in /var/lib/oralscan-stack/<hash of STACK_DIR> (or STACK_PG_DIR) and $STACK_DIR/postgres links to it. Clients read
 $STACK_DIR/env (MLFLOW_TRACKING_URI, PREFECT_API_URL, the DVC remote); the DVC remote's keys go
 to .dvc/config.local, never committed. $STACK_DIR/settings records the settings it runs with
 (overrides included) for `make backup` / `make restore`. All services listen on STACK_HOST (default 127.0.0.1) only.
@@ -14,6 +16,7 @@ to .dvc/config.local, never committed. $STACK_DIR/settings records the settings 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import secrets
 import shutil
@@ -24,10 +27,13 @@ import time
 from pathlib import Path
 
 from pipeline.endpoints import read_env_file  # the one reader of KEY=VALUE files (needs `pip install -e .`)
+from pipeline.telemetry import SETTINGS as TELEMETRY_OFF  # every server and worker: nothing calls home
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 DAEMONS = ("s3", "mlflow", "prefect")  # started in their own session: stopping the group stops their children
+# PostgreSQL's data when the postgres user cannot reach STACK_DIR (root's home is mode 700): one folder per stack
+PG_HOME = Path("/var/lib/oralscan-stack")
 
 
 def settings() -> dict[str, str]:
@@ -69,16 +75,50 @@ def as_postgres(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     return done
 
 
+def postgres_reaches(folder: Path) -> bool:
+    """As root, initdb and the server run as the postgres user: can it search `folder` (so every parent too)?"""
+    if os.geteuid() != 0:
+        return True
+    return subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(folder)]).returncode == 0
+
+
+def pg_data(d: Path) -> Path:
+    """The cluster's folder: $STACK_DIR/postgres, or where that link points (recorded by the first `up`)."""
+    return (d / "postgres").resolve()
+
+
+def cluster_place(s: dict, d: Path, reaches=postgres_reaches, home: Path | None = None) -> Path:
+    """Where a new cluster goes: STACK_PG_DIR if set, else $STACK_DIR/postgres when the postgres user can
+    reach it, else home/<hash of STACK_DIR> (a folder of its own for each stack)."""
+    if s.get("STACK_PG_DIR"):
+        return Path(s["STACK_PG_DIR"]).resolve()
+    if reaches(d):
+        return d / "postgres"
+    return (home or PG_HOME) / hashlib.sha256(str(d).encode()).hexdigest()[:16]
+
+
 def start_postgres(s: dict, d: Path, sec: dict) -> None:
-    data = d / "postgres"
+    link = d / "postgres"
+    if not link.is_symlink() and not (link / "PG_VERSION").exists():  # no cluster recorded yet
+        if link.is_dir() and not any(link.iterdir()):
+            link.rmdir()  # left by a start that failed before initdb
+        place = cluster_place(s, d)
+        if place != link:
+            if place.parent == PG_HOME:
+                PG_HOME.mkdir(mode=0o755, exist_ok=True)
+                PG_HOME.chmod(0o755)  # searchable by the postgres user whatever the umask
+            link.symlink_to(place, target_is_directory=True)  # the record: `down` and restarts follow it
+    data = pg_data(d)
     if not (data / "PG_VERSION").exists():
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(data, "postgres", "postgres")
+            data.chmod(0o700)
             check = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-w", str(data)])
             if check.returncode != 0:
-                sys.exit(f"the postgres user cannot write {data}: its parent folders must be searchable by others")
-        pwfile = d / "pgpass.tmp"  # initdb reads the password from a file the postgres user can open
+                sys.exit(f"the postgres user cannot write {data}: its parent folders must be searchable by others "
+                         "(or set STACK_PG_DIR to a folder it can reach)")
+        pwfile = data.with_name(data.name + ".pgpass.tmp")  # initdb reads it: a file its user can open
         pwfile.touch(mode=0o600)
         pwfile.write_text(sec["POSTGRES_PASSWORD"] + "\n")
         if os.geteuid() == 0:
@@ -88,6 +128,8 @@ def start_postgres(s: dict, d: Path, sec: dict) -> None:
                          "--auth=scram-sha-256", "-E", "UTF8", "--no-locale"])
         finally:
             pwfile.unlink()
+    if link.is_symlink():
+        print(f"PostgreSQL's data: {data}, outside the stack's folder ({link} links to it)")
     if not pg_running(data):
         options = f"-h {s['STACK_HOST']} -p {s['STACK_POSTGRES_PORT']} -c unix_socket_directories=''"
         as_postgres([pg_tool("pg_ctl"), "start", "-w", "-t", "60", "-D", str(data), "-l", str(data / "server.log"),
@@ -198,24 +240,27 @@ def wait_for_buckets(s: dict, sec: dict, d: Path, seconds: int = 60) -> None:
     sys.exit(f"the S3 store never listed the buckets {sorted(wanted)}; see {d / 'log' / 's3.log'}")
 
 
+def mlflow_env(s: dict, sec: dict) -> dict:
+    # job execution (huey consumers) serves GenAI features this project does not use
+    return {**TELEMETRY_OFF, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PATH": f"{BIN}:{os.environ['PATH']}",
+            "MLFLOW_S3_ENDPOINT_URL": f"http://{s['STACK_HOST']}:{s['STACK_S3_PORT']}",
+            **{k: sec[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}
+
+
 def start_mlflow(s: dict, d: Path, sec: dict) -> None:
     port = s["STACK_MLFLOW_PORT"]
     cmd = [str(BIN / "mlflow"), "server", "--host", s["STACK_HOST"], "--port", port,
            "--workers", s["STACK_MLFLOW_WORKERS"],
            "--backend-store-uri", postgres_url(s, sec, s["STACK_MLFLOW_DB"], "postgresql+psycopg2"),
            "--artifacts-destination", f"s3://{s['STACK_MLFLOW_BUCKET']}", "--serve-artifacts"]
-    # job execution (huey consumers) serves GenAI features this project does not use
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PATH": f"{BIN}:{os.environ['PATH']}",
-           "MLFLOW_S3_ENDPOINT_URL": f"http://{s['STACK_HOST']}:{s['STACK_S3_PORT']}",
-           **{k: sec[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}
-    start_daemon(d, "mlflow", cmd, env)
+    start_daemon(d, "mlflow", cmd, mlflow_env(s, sec))
     wait_for(f"http://{s['STACK_HOST']}:{port}/health", 240, "mlflow", d)
 
 
 def prefect_env(s: dict, d: Path) -> dict:
     return {"PREFECT_API_URL": f"http://{s['STACK_HOST']}:{s['STACK_PREFECT_PORT']}/api",
             "PREFECT_HOME": str(d / "prefect"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
+            **TELEMETRY_OFF, "PATH": f"{BIN}:{os.environ['PATH']}"}
 
 
 def start_prefect(s: dict, d: Path, sec: dict) -> None:
@@ -355,12 +400,12 @@ def down(root: Path) -> None:
     workers = sorted(p.stem for p in (d / "run").glob("worker-*.pid")) if (d / "run").is_dir() else []
     for name in (*workers, *reversed(DAEMONS)):
         stop_group(d, name)
-    if (d / "postgres" / "PG_VERSION").exists() and pg_running(d / "postgres"):
-        as_postgres([pg_tool("pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(d / "postgres")])
+    if (pg_data(d) / "PG_VERSION").exists() and pg_running(pg_data(d)):
+        as_postgres([pg_tool("pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(pg_data(d))])
     if (root / ".dvc" / "config.local").exists():  # back to the committed default remote
         subprocess.run([str(BIN / "dvc"), "remote", "default", "--local", "--unset"], cwd=root, capture_output=True)
     (d / "env").unlink(missing_ok=True)
-    print(f"stack stopped; its data stays in {d}")
+    print(f"stack stopped; its data stays in {d}" + (f" and {pg_data(d)}" if (d / "postgres").is_symlink() else ""))
 
 
 def status() -> None:
@@ -369,7 +414,7 @@ def status() -> None:
     workers = sorted(p.stem for p in (d / "run").glob("worker-*.pid")) if (d / "run").is_dir() else []
     for name in (*DAEMONS, *workers):
         print(f"{name:8} {'running, pid ' + str(pid_of(d, name)) if pid_of(d, name) else 'stopped'}")
-    pg = d / "postgres"
+    pg = pg_data(d)
     print(f"{'postgres':8} {'running' if (pg / 'PG_VERSION').exists() and pg_running(pg) else 'stopped'}")
 
 

@@ -38,15 +38,20 @@ def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+T_RANGE = (0.5, 10.0)  # a calibration split of a few dozen images that the model separates perfectly would
+# otherwise drive T toward 0 (any sharpening lowers the likelihood's loss there): that is overfitting, not calibration
+
+
 def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
-    """The T minimising the negative log-likelihood of the labels (searched on log T in [-3, 3])."""
+    """The T in T_RANGE minimising the negative log-likelihood of the labels."""
     y = np.asarray(y)
 
     def nll(log_t):
         p = with_temperature(probs, float(np.exp(log_t)))
         return -float(np.mean(np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0))))
 
-    return float(np.exp(minimize_scalar(nll, bounds=(-3, 3), method="bounded").x))
+    bounds = tuple(np.log(T_RANGE))
+    return float(np.exp(minimize_scalar(nll, bounds=bounds, method="bounded").x))
 
 
 def refer_score(probs: np.ndarray, classes, positive) -> np.ndarray:

@@ -67,7 +67,7 @@ def decision_text(result: dict, operating_point: dict | None) -> str:
         return "no operating point"
     sign = ">=" if result["refer"] else "<"
     return (f"{'refer' if result['refer'] else 'no refer'} (P({'+'.join(operating_point['positive_classes'])}) "
-            f"{result['refer_score']:.3f} {sign} {operating_point['threshold']:.3f})")
+            f"{result['refer_score']:.4f} {sign} {operating_point['threshold']:.4f})")
 
 
 def format_line(path: Path, result: dict, operating_point: dict | None = None) -> str:

@@ -70,7 +70,7 @@ def migrate(kind: str, db: Path) -> None:
     else:
         cmd = [str(BIN / "prefect"), "server", "database", "upgrade", "-y"]
         env = {"PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{db}"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env, "DO_NOT_TRACK": "1"})
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env, "DO_NOT_TRACK": "true"})
     if done.returncode != 0:
         raise UpgradeFailed(f"{' '.join(cmd[:4])} failed on the copy {db}: "
                             f"{(done.stderr or done.stdout).strip()[-1500:]}; the original was not touched")

@@ -21,7 +21,8 @@ SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DO_NOT_TRACK", "true")  # MLflow honours only "true"
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # also prefect_test_harness's server
 # flows run without PREFECT_API_URL start Prefect's ephemeral server; its default 20 s start-up
 # limit was missed once on 2 busy cores (tests/test_flows.py, kills while training runs)
@@ -240,7 +241,8 @@ def prefect_server_at(home: Path):
     """A real Prefect server with its own database; yields the environment its clients need."""
     port, bin_dir = free_port(), Path(sys.executable).parent
     env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "DO_NOT_TRACK": "1"}
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "DO_NOT_TRACK": "true",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
     with server([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                 f"http://127.0.0.1:{port}/api/health", "the Prefect server", env):
         try:

@@ -73,6 +73,8 @@ def test_temperature_recovers_an_overconfident_model():
     assert fit_temperature(overconfident, y) == pytest.approx(2.5, rel=0.1)
     np.testing.assert_allclose(with_temperature(overconfident, 2.5), honest, atol=1e-6)
     assert (with_temperature(overconfident, 2.5).argmax(1) == overconfident.argmax(1)).all()
+    # a split the model gets all right cannot ask for endless sharpening
+    assert fit_temperature(honest[y == honest.argmax(1)], y[y == honest.argmax(1)]) == pytest.approx(0.5, rel=1e-3)
 
 
 def test_at_threshold_counts_groups_once_with_exact_intervals():

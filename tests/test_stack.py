@@ -193,3 +193,53 @@ def test_demo_pipeline_against_the_stack(stack):
     answer = sh(ws, str(BIN / "python"), "-m", "pipeline.predict", "--model", "models:/oralscan-classifier@champion",
                 str(image), env=env)
     assert re.search(r"\t(normal|precancer|cancer)\tnormal=", answer), answer
+
+
+def launcher():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stack_launcher", ROOT / "docker" / "stack.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cluster_goes_where_the_postgres_user_can_reach_it(tmp_path):
+    stack, d = launcher(), tmp_path / "stack"
+    assert stack.cluster_place({}, d, reaches=lambda folder: True) == d / "postgres"
+    away = stack.cluster_place({}, d, reaches=lambda folder: False, home=tmp_path / "home")
+    assert away.parent == tmp_path / "home" and away != stack.cluster_place({}, tmp_path / "other",
+                                                                           reaches=lambda f: False, home=tmp_path / "home")
+    assert stack.cluster_place({"STACK_PG_DIR": str(tmp_path / "pg")}, d, reaches=lambda f: False) == tmp_path / "pg"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("runuser") is None, reason="the root-only path")
+def test_postgres_starts_for_root_in_a_mode_700_folder_and_restarts_from_the_link(tmp_path, monkeypatch, capsys):
+    """Root's home is mode 700: the postgres user cannot reach `.stack/postgres` there (issue 21, item 7)."""
+    stack = launcher()
+    private = Path(tempfile.mkdtemp(prefix="private-"))  # mode 700, like /root
+    home = Path(tempfile.mkdtemp(prefix="pg-home-"))
+    home.chmod(0o755)
+    monkeypatch.setattr(stack, "PG_HOME", home / "oralscan-stack")
+    d = private / "stack"
+    d.mkdir()
+    monkeypatch.setenv("STACK_DIR", str(d))
+    monkeypatch.setenv("STACK_POSTGRES_PORT", str(free_port()))
+    s, sec = stack.settings(), {"POSTGRES_PASSWORD": "pw"}
+    try:
+        assert not stack.postgres_reaches(d)
+        stack.start_postgres(s, d, sec)
+        data = stack.pg_data(d)
+        assert (d / "postgres").is_symlink() and data.parent == home / "oralscan-stack"
+        assert (data / "PG_VERSION").exists() and stack.pg_running(data)
+        assert f"PostgreSQL's data: {data}" in capsys.readouterr().out
+        initialised = (data / "PG_VERSION").stat().st_mtime
+        stack.down(tmp_path)  # `make stack-down` follows the link
+        assert not stack.pg_running(data)
+        stack.start_postgres(s, d, sec)  # a restart finds the same cluster: no second initdb
+        assert stack.pg_running(data) and (data / "PG_VERSION").stat().st_mtime == initialised
+    finally:
+        if (d / "postgres").exists() and stack.pg_running(stack.pg_data(d)):
+            stack.as_postgres([stack.pg_tool("pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(stack.pg_data(d))])
+        shutil.rmtree(private, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)

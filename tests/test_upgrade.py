@@ -20,7 +20,7 @@ NAME = "oralscan-classifier"
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline.upgrade", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "DO_NOT_TRACK": "1", **(env or {})})
+                          timeout=600, env={**os.environ, "DO_NOT_TRACK": "true", **(env or {})})
 
 
 def old_mlflow_store(path: Path) -> None:
@@ -105,7 +105,7 @@ def test_prefects_database_is_upgraded_on_a_copy_and_keeps_its_flows(tmp_path):
 
     def prefect(*args: str) -> None:
         done = subprocess.run([str(BIN / "prefect"), "server", "database", *args, "-y"], capture_output=True, text=True,
-                              env={**os.environ, **env, "DO_NOT_TRACK": "1"}, timeout=600)
+                              env={**os.environ, **env, "DO_NOT_TRACK": "true"}, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
 
     prefect("upgrade")
