@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.metrics import fmt
+from pipeline.metrics import fmt, threshold_text
 
 
 def shift_line(reports: Path) -> str:
@@ -36,7 +36,7 @@ def decision_markdown(registry: dict, metrics: dict, version: str, outcome: dict
         guarantee = (f"sensitivity ≥ {op['target_sensitivity']:g} guaranteed" if op["target_met"] else
                      f"target {op['target_sensitivity']:g} NOT met: sensitivity ≥ {op['guaranteed_sensitivity']:.3f} "
                      "guaranteed")
-        lines += [f"**Decision shipped:** refer when P({' + '.join(op['positive_classes'])}) ≥ {fmt(op['threshold'], 4)}"
+        lines += [f"**Decision shipped:** refer when P({' + '.join(op['positive_classes'])}) ≥ {threshold_text(op['threshold'])}"
                   f" ({guarantee} at {op['confidence']:.0%}); on test sensitivity {fmt(op['test_sensitivity'])}, "
                   f"specificity {fmt(op['test_specificity'])}", ""]
     if shift:

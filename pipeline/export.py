@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.console import quiet
 from pipeline.images import RESIZE_CONTRACT
 from pipeline.inference import TFLiteModel
-from pipeline.metrics import fmt
+from pipeline.metrics import fmt, threshold_text
 from pipeline.operating_point import decide, fit_temperature, refer_score
 from pipeline.params import Export, Params, load_params, positive_set
 from pipeline.stage import one_line_errors, parser, paths
@@ -236,7 +236,7 @@ def draw_operating_point(decision: dict, path: Path) -> None:
     roc.plot(curve["fpr"], curve["tpr"], color="#1f6feb", label="refer score (test)")
     if test["sensitivity"]["value"] is not None and test["specificity"]["value"] is not None:
         roc.plot([1 - test["specificity"]["value"]], [test["sensitivity"]["value"]], "o", color="#d1242f",
-                 label=f"operating point, threshold {fmt(decision['threshold'], 4)}")
+                 label=f"operating point, threshold {threshold_text(decision['threshold'])}")
     roc.axhline(decision["guaranteed_sensitivity"], ls=":", color="#d1242f",
                 label=f"guaranteed sensitivity {decision['guaranteed_sensitivity']:.3f} ({decision['confidence']:.0%})")
     roc.set(xlabel="1 - specificity", ylabel="sensitivity", title="Refer decision on the test split", xlim=(0, 1),
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         verdict = "exported" if r["accepted"] else "NOT exported"
         print(f"export: {variant}: {verdict} ({r['reason']}; {r['bytes'] / 1e6:.2f} MB, {r['latency_ms']:.1f} ms/image)")
     op = report["operating_point"]
-    print(f"export: refer when P({' + '.join(op['positive_classes'])}) >= {fmt(op['threshold'], 4)}: sensitivity >= "
+    print(f"export: refer when P({' + '.join(op['positive_classes'])}) >= {threshold_text(op['threshold'])}: sensitivity >= "
           f"{op['guaranteed_sensitivity']:.3f} guaranteed at {op['confidence']:.0%} (target {op['target_sensitivity']:g}"
           f"{' met' if op['target_met'] else ' NOT met'}); on test sensitivity {fmt(op['test']['sensitivity'])}, "
           f"specificity {fmt(op['test']['specificity'])}")

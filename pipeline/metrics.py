@@ -20,6 +20,16 @@ def fmt(value, digits: int = 3) -> str:
     return "not measured" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def threshold_text(threshold) -> str:
+    """The threshold as people read it: 4 decimals, more when 4 would round a threshold below 1 up to 1."""
+    if threshold is None or threshold != threshold:
+        return "none"
+    digits = 4
+    while digits < 10 and threshold < 1 and round(threshold, digits) >= 1:
+        digits += 1
+    return f"{threshold:.{digits}f}"
+
+
 def clopper_pearson(k: float, n: float, confidence: float = 0.95) -> tuple[float, float] | None:
     """Exact binomial interval; k may be fractional (group-level counts). None when n == 0."""
     if n <= 0:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.metrics import fmt
+from pipeline.metrics import fmt, threshold_text
 
 
 def span(ci) -> str:
@@ -60,7 +60,7 @@ def operating_point_section(op: dict, level: str) -> str:
              for c, r in t["per_class"].items()]
     ece = op["ece_test"]
     return f"""## The clinical decision (operating point)
-**Refer when P({positive}) >= {fmt(op['threshold'], 4)}.** Chosen on the calibration split ({op['calibration_images']}
+**Refer when P({positive}) >= {threshold_text(op['threshold'])}.** Chosen on the calibration split ({op['calibration_images']}
 images, {op['positive_groups']} positive duplicate groups), which did not shape the weights, by Learn-then-Test with
 exact binomial bounds by duplicate group: {guarantee}. {op['reason']}.
 Probabilities are temperature-scaled (T = {op['temperature']:.3f}, fitted on the same split); ECE on the test split

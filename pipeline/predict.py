@@ -22,6 +22,7 @@ from PIL import Image
 from pipeline.console import quiet
 from pipeline.images import load_rgb, model_input
 from pipeline.inference import Classifier, classify, load_classifier
+from pipeline.metrics import threshold_text
 from pipeline.tracking import tracking_uri
 
 
@@ -67,7 +68,7 @@ def decision_text(result: dict, operating_point: dict | None) -> str:
         return "no operating point"
     sign = ">=" if result["refer"] else "<"
     return (f"{'refer' if result['refer'] else 'no refer'} (P({'+'.join(operating_point['positive_classes'])}) "
-            f"{result['refer_score']:.4f} {sign} {operating_point['threshold']:.4f})")
+            f"{threshold_text(result['refer_score'])} {sign} {threshold_text(operating_point['threshold'])})")
 
 
 def format_line(path: Path, result: dict, operating_point: dict | None = None) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.metrics import fmt
+from pipeline.metrics import fmt, threshold_text
 from pipeline.stage import parser
 
 
@@ -111,7 +111,7 @@ def operating_point_section(op: dict, figure: Path) -> str:
     rows += [{"": f"sensitivity, {c}", "at the operating point": r["value"], "interval": span(r["interval"]),
               "argmax": a["per_class"][c]["value"]} for c, r in t["per_class"].items()]
     return (f'<div class="decision other"><b>Refer when P({escape(" + ".join(op["positive_classes"]))}) &ge; '
-            f'{fmt(op["threshold"], 4)}</b>: {verdict}.<br>{escape(op["reason"])}.</div>'
+            f'{threshold_text(op["threshold"])}</b>: {verdict}.<br>{escape(op["reason"])}.</div>'
             f"<p>Chosen on the calibration split ({op['calibration_images']} images, {op['positive_groups']} positive "
             f"duplicate groups); probabilities temperature-scaled (T = {op['temperature']:.3f}). ECE on the test "
             f"split {number(op['ece_test']['before']['value'])} before, {number(op['ece_test']['after']['value'])} "

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
+from pipeline.metrics import threshold_text
 from pipeline.operating_point import (at_threshold, choose_threshold, decide, fit_temperature, positive_group_scores,
                                       refer_score, with_temperature)
 
@@ -109,3 +110,8 @@ def test_decide_states_everything_the_model_ships_with():
     refer = refer_score(calibrated, CLASSES, ["cancer", "precancer"]) >= d["threshold"]
     assert d["test"]["referred_share"] == pytest.approx(refer.mean())
     assert d["test"]["sensitivity"]["value"] >= 0.85  # the guarantee at work on fresh data of the same kind
+
+
+def test_a_threshold_below_one_is_never_printed_as_one():
+    assert threshold_text(0.0491) == "0.0491" and threshold_text(0.99998) == "0.99998"
+    assert threshold_text(1.0) == "1.0000" and threshold_text(None) == "none"
