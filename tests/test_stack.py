@@ -192,7 +192,8 @@ def test_demo_pipeline_against_the_stack(stack):
     image = next((ws / "data" / "raw" / "cancer").glob("*.png"))
     answer = sh(ws, str(BIN / "python"), "-m", "pipeline.predict", "--model", "models:/oralscan-classifier@champion",
                 str(image), env=env)
-    assert re.search(r"\t(normal|precancer|cancer)\tnormal=", answer), answer
+    assert re.search(r"\t(normal|precancer|cancer)\t(refer|no refer) \(P\(cancer\+precancer\) [0-9.]+ (>=|<) [0-9.]+\)\tnormal=",
+                     answer), answer
 
 
 def launcher():
