@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -171,25 +170,11 @@ def test_a_corrupted_backup_is_refused_and_nothing_is_restored(backed_up, damage
 
 # --- the stack: PostgreSQL databases and S3 buckets -----------------------------------------------
 
-@contextmanager
 def stack_for(project: Path):
-    """A stack in a fresh folder on free ports, pointed at `project` (as `make stack` there); stopped
-    at the end with every process checked gone."""
-    from tests.test_stack import Stack, assert_gone
+    """A stack on free ports pointed at `project`, stopped at the end with every process checked gone."""
+    from tests.test_stack import running_stack
 
-    folder = Path(tempfile.mkdtemp(prefix="stack-"))
-    folder.chmod(0o755)  # PostgreSQL runs as the postgres user when we are root
-    running = Stack(folder / "s", project)
-    running.run("up")
-    try:
-        yield running
-    finally:
-        try:
-            left = running.processes() if (running.dir / "env").exists() else []
-        finally:
-            running.run("down")
-        assert_gone(left)
-        shutil.rmtree(folder, ignore_errors=True)
+    return contextmanager(running_stack)(project)
 
 
 def flow_names(api: str) -> set[str]:

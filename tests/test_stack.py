@@ -88,11 +88,17 @@ def stack(tmp_path_factory):
 
 
 def started_stack(tmp_path_factory, params: dict, **settings: str):
-    """A stack in a fresh folder pointed at a fresh workspace; stopped at the end, every process checked gone."""
+    """A stack pointed at a fresh workspace with `params`; stopped at the end, every process checked gone."""
+    project = make_workspace(tmp_path_factory.mktemp("stack-ws") / "ws", tmp_path_factory.mktemp("params"), params)
+    yield from running_stack(project, **settings)
+
+
+def running_stack(project: Path, **settings: str):
+    """A stack in a fresh folder on free ports, pointed at `project` (as `make stack` there); stopped at the
+    end with every process checked gone."""
     # PostgreSQL runs as the postgres user when we are root: its folder's parents must be searchable
     folder = Path(tempfile.mkdtemp(prefix="stack-"))
     folder.chmod(0o755)
-    project = make_workspace(tmp_path_factory.mktemp("stack-ws") / "ws", tmp_path_factory.mktemp("params"), params)
     running = Stack(folder / "s", project, **settings)
     start = time.time()
     running.run("up")
