@@ -170,8 +170,8 @@ def apply(client, name, version, decision, champion, data_version, wait) -> dict
                               decision["reason"], data_version, wait)
 
 
-def decide(params: Params, info: dict, chosen: dict, best: dict, test: pd.DataFrame, raw: Path, version: str,
-           current, op: dict, shift_report: dict | None = None) -> tuple[dict, dict | None, dict | None]:
+def decide(client, params: Params, info: dict, chosen: dict, best: dict, test: pd.DataFrame, raw: Path,
+           version: str, current, op: dict, shift_report: dict | None = None) -> tuple[dict, dict | None, dict | None]:
     """(decision, paired comparison, the champion before) for the registered version; `op` is export's
     operating point, whose sensitivities on the test split the clinical gates read."""
     if current is not None and str(current.version) == version:
@@ -182,7 +182,7 @@ def decide(params: Params, info: dict, chosen: dict, best: dict, test: pd.DataFr
     gates = (operating_point_failures(op, params.operating_point.promote_below_target, reg.min_specificity, reg.gate_on)
              + gate_failures(at_operating_point(chosen["test_report"]["classes"], op), reg.min_sensitivity,
                              reg.gate_on))
-    newer, why = newer_data(registry_client(), reg.model_name, current, info["data_version"]) if comparison \
+    newer, why = newer_data(client, reg.model_name, current, info["data_version"]) if comparison \
         else (False, "")
     decision = promotion_decision(gates, str(current.version) if current else None, comparison, newer,
                                   params.evaluate.select_by, reg.require_approval, why)
@@ -206,7 +206,7 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     abandon_interrupted(client, name, version)
     log_reference(client, info["run_id"], inputs.split, inputs.manifest)  # what a later shift check compares with
     current = client.get_model_version_by_alias(name, "champion") if alias_version(client, name) else None
-    decision, comparison, before = decide(params, info, chosen, best, test, inputs.raw, version, current, op,
+    decision, comparison, before = decide(client, params, info, chosen, best, test, inputs.raw, version, current, op,
                                           read_report(inputs.shift))
     try:
         event = apply(client, name, version, decision, str(current.version) if current else None,
