@@ -19,6 +19,7 @@ from PIL import Image, ImageEnhance
 
 from pipeline.console import progress, quiet
 from pipeline.pixels import cache_dir, preview, shas_of
+from pipeline.privacy import image_id, save_png
 from pipeline.params import Augment, Params, load_params
 from pipeline.stage import one_line_errors, parser, paths
 from pipeline.tables import read_split
@@ -94,11 +95,10 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     # a variant is resized to the model's size anyway, and validate already decoded the original once
     pixel_cache, sha_of, written = cache_dir(raw_dir), dict(zip(train.path, shas_of(train))), []
     for row in progress(todo.itertuples(), "augment", len(todo)):
-        name = f"{Path(row.source_path).stem}__aug{row.variant}_{len(written)}.png"
-        target = out_dir / row.label / name
+        sha = sha_of[row.source_path]  # named by its source's content ID, never by the original's name
+        target = out_dir / row.label / f"{image_id(sha) if sha else 'image'}__aug{row.variant}_{len(written)}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        source = preview(pixel_cache, sha_of[row.source_path], raw_dir / row.source_path)
-        augment_image(source, params.augment, rng).save(target, compress_level=1)
+        save_png(augment_image(preview(pixel_cache, sha, raw_dir / row.source_path), params.augment, rng), target)
         written.append(target.relative_to(out_dir).as_posix())
     todo.insert(0, "path", written)
     outputs.listing.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ def write_confusion_png(matrix: np.ndarray, classes, title: str, path: Path) -> 
                 color="white" if value > matrix.max() / 2 else "black")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Software": None})  # no tEXt chunk: images carry pixels only
     plt.close(fig)
 
 

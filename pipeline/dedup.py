@@ -24,6 +24,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pipeline.console import progress, quiet
+from pipeline.images import load_rgb
+from pipeline.privacy import image_id, save_png
 from pipeline.hamming import near_pairs
 from pipeline.pixels import VERSION, cache_dir, preview, preview_of
 from pipeline.params import Dedup, Params, load_params
@@ -118,7 +120,10 @@ def build_groups(images: pd.DataFrame, group_of: dict[str, str], copies_of: dict
 
 
 def quarantine(groups: pd.DataFrame, resolved: pd.DataFrame, raw_dir: Path, out_dir: Path) -> pd.DataFrame:
-    """Copy every image of a conflicting group to out_dir/<group>/ and write the review sheet.
+    """Copy the pixels of every image of a conflicting group to out_dir/<group>/<label>__<id>.png and
+    write the review sheet. A copy is the EXIF-oriented RGB image every stage sees, losslessly, and
+    nothing else: no original bytes, metadata or file name (pipeline/privacy.py); the sheet (local-only)
+    says which original each copy is.
 
     The sheet lists open conflicts (copied here, `correct_label` to fill) and conflicts already
     resolved by a clinician's decision (with that decision), so a reviewer sees earlier answers.
@@ -131,9 +136,9 @@ def quarantine(groups: pd.DataFrame, resolved: pd.DataFrame, raw_dir: Path, out_
     conflicts = groups[groups.conflict].copy()
     copies = []
     for row in conflicts.itertuples():
-        target = out_dir / row.group_id / f"{row.label}__{Path(row.path).name}"
+        target = out_dir / row.group_id / f"{row.label}__{image_id(row.sha256)}.png"
         target.parent.mkdir(exist_ok=True)
-        shutil.copy2(raw_dir / row.path, target)
+        save_png(load_rgb(raw_dir / row.path), target)
         copies.append(target.relative_to(out_dir).as_posix())
     conflicts["quarantined_copy"], conflicts["status"] = copies, "open"
     resolved = resolved.assign(quarantined_copy="", status="resolved")

@@ -24,6 +24,7 @@ from pipeline.intervals import class_intervals, interval
 from pipeline.metrics import fmt, scores
 from pipeline.confusion import confusion, write_confusion_json, write_confusion_png
 from pipeline.params import Evaluate, Params, load_params
+from pipeline.privacy import image_id
 from pipeline.stage import one_line_errors, parser, paths
 from pipeline.tables import read_split
 
@@ -61,7 +62,8 @@ def test_report(y, probs, groups, classes, params, seed: int) -> dict:
 
 
 def write_predictions(rows: pd.DataFrame, probs: np.ndarray, classes, path: Path) -> None:
-    table = rows[[c for c in ("path", "sha256", "group_id", "label") if c in rows]].reset_index(drop=True)
+    """Per test image: its content (sha256), group, label and probabilities; never its path (logged to MLflow)."""
+    table = rows[[c for c in ("sha256", "group_id", "label") if c in rows]].reset_index(drop=True)
     table = pd.concat([table, pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])], axis=1)
     table.to_csv(path, index=False)
 
@@ -150,7 +152,7 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     outputs.metrics.write_text(json.dumps(summary, indent=2) + "\n")
     board.to_csv(outputs.leaderboard, index=False)
     info = run_info(inputs.models, name)
-    gradcam_examples(Path(summary["best"]["model"]), Path(chosen["predictions"]), inputs.raw, list(base.classes),
+    gradcam_examples(Path(summary["best"]["model"]), Path(chosen["predictions"]), sets["test"], inputs.raw, list(base.classes),
                      info["image_size"], outputs.figures / "gradcam")
     log_leaderboard(info, outputs.leaderboard, summary["best"], board)
     return summary
@@ -176,15 +178,16 @@ def log_leaderboard(info: dict, table: Path, best: dict, board: pd.DataFrame) ->
             client.log_metric(parent, key, float(value))
 
 
-def gradcam_examples(model_path: Path, predictions: Path, raw: Path, classes, size: int, out_dir: Path,
-                     per_class: int = 2) -> list[dict]:
+def gradcam_examples(model_path: Path, predictions: Path, test: pd.DataFrame, raw: Path, classes, size: int,
+                     out_dir: Path, per_class: int = 2) -> list[dict]:
     """Where the chosen model looked, on test images: per true class its most confident right answer
-    and its most confident wrong one (if any). Written as PNGs with an index for the run report."""
+    and its most confident wrong one (if any). Written as PNGs named by image ID, with an index for the
+    run report (IDs, never file names: the report goes to MLflow). `test`: the split rows predicted."""
     import keras
 
     from pipeline.predict import gradcam, overlay
 
-    table = pd.read_csv(predictions, keep_default_na=False)
+    table = pd.read_csv(predictions, keep_default_na=False).assign(path=test.path.to_numpy())
     probs = table[[f"p_{c}" for c in classes]].to_numpy()
     table["predicted"], table["confidence"] = [classes[i] for i in probs.argmax(1)], probs.max(1)
     model, examples, cache = keras.saving.load_model(model_path), [], pixels.cache_dir(raw)
@@ -194,11 +197,11 @@ def gradcam_examples(model_path: Path, predictions: Path, raw: Path, classes, si
         right, wrong = rows[rows.predicted == label], rows[rows.predicted != label]
         for outcome, row in [("right", r) for r in right.head(1).itertuples()] + \
                             [("wrong", r) for r in wrong.head(per_class - min(1, len(right))).itertuples()]:
-            png = out_dir / f"{label}_{outcome}_{len(examples):02d}_{Path(row.path).stem}.png"  # stems repeat
             sha, path = getattr(row, "sha256", ""), raw / row.path
+            png = out_dir / f"{label}_{outcome}_{len(examples):02d}_{image_id(sha) if sha else 'image'}.png"
             cam = gradcam(model, pixels.model_array(cache, sha, path, size), classes.index(row.predicted))
             overlay(pixels.preview(cache, sha, path), cam, png)
-            examples.append({"path": row.path, "label": label, "predicted": row.predicted,
+            examples.append({"id": image_id(sha) if sha else "", "label": label, "predicted": row.predicted,
                              "confidence": round(float(row.confidence), 4), "outcome": outcome, "png": png.name})
     (out_dir / "examples.json").write_text(json.dumps(examples, indent=2) + "\n")
     return examples

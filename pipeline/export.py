@@ -252,7 +252,7 @@ def draw_operating_point(decision: dict, path: Path) -> None:
             f"{decision['temperature']:.2f})", xlim=(0, 1), ylim=(0, 1.02))
     rel.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, metadata={"Software": None})  # no tEXt chunk: images carry pixels only
     plt.close(fig)
 
 

@@ -25,6 +25,7 @@ from pipeline.console import progress, quiet
 from pipeline import pixels
 from pipeline.images import UnusableImage
 from pipeline.params import LabelReview, Params, load_params
+from pipeline.privacy import image_id
 from pipeline.stage import StageError, one_line_errors, parser, paths
 from pipeline.tables import read_split
 
@@ -181,7 +182,7 @@ def summarize(table: pd.DataFrame, issues: pd.DataFrame, probs: np.ndarray, labe
         "images": int(len(table) + len(unreadable)),
         "images_reviewed": int(seen.sum()),
         "not_checked": {"unreadable": unreadable,
-                        "class_unseen_by_head": table.path[~seen].tolist()},
+                        "class_unseen_by_head": table.image[~seen].tolist()},
         "flagged": int(len(issues)),
         "flagged_share": round(len(issues) / max(1, int(seen.sum())), 4),
         "images_per_class": {c: int((table.label == c).sum()) for c in classes},
@@ -202,7 +203,9 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     table = review_rows(inputs.split, base.classes)
     features, bad = extract_features(feature_extractor(settings), [raw_dir / p for p in table.path],
                                      settings.image_size, pixels.shas_of(table), pixels.cache_dir(raw_dir))
-    unreadable = {table.path[i]: reason for i, reason in sorted(bad.items())}
+    ids = [image_id(sha) if sha else f"row {i}" for i, sha in enumerate(pixels.shas_of(table))]  # never paths: committed
+    unreadable = {ids[i]: reason for i, reason in sorted(bad.items())}
+    table = table.assign(image=ids)
     table = table.drop(index=list(bad)).reset_index(drop=True)
     labels = table.label.map({c: i for i, c in enumerate(base.classes)}).to_numpy()
     folds = grouped_folds(labels, table.group_id.to_numpy(), settings.folds, base.seed)

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.console import progress
+from pipeline.privacy import save_png  # pixels only: no metadata of the original reaches the cache
 from pipeline.images import (BACKGROUND, RESIZE_CONTRACT, ImageInfo, UnusableImage, dct_scale, decode,
                              describe, float_bands, load_rgb, model_input, resize_rgb)
 
@@ -87,7 +88,7 @@ def store(root: Path, sha: str, source: Path, sizes: tuple[int, ...], max_pixels
             same = scale == dct_scale(info.format, *stored, PREVIEW_SIDE)
             bands[scale] = float_bands(rgb if same else describe(*decode(source, max_pixels, min_side=size))[1])
         _write(target, lambda f, a=resize_rgb(bands[scale], size): np.save(f, a))
-    _write(_file(root, "preview", sha, ".png"), lambda f: make_preview(rgb).save(f, format="PNG", compress_level=1))
+    _write(_file(root, "preview", sha, ".png"), lambda f: save_png(make_preview(rgb), f))
     _write(_file(root, "info", sha, ".json"), lambda f: f.write(json.dumps(asdict(info)).encode()))
     return info
 
@@ -134,7 +135,7 @@ def preview(root: Path, sha: str, source: Path) -> Image.Image:
             return image.convert("RGB")
     except (FileNotFoundError, OSError):
         image = preview_of(source)
-        _write(target, lambda f: image.save(f, format="PNG", compress_level=1))
+        _write(target, lambda f: save_png(image, f))
         return image
 
 

@@ -74,7 +74,7 @@ def compare(params, evaluation, best, test, raw, classes, name, champion) -> tup
     if old is None:
         return None, None
     predictions = pd.read_csv(best["predictions"], keep_default_na=False)
-    if list(predictions.path) != list(test.path):
+    if list(predictions.sha256) != list(test.sha256):
         raise StageError("the test predictions are not of today's test split; rerun evaluate")
     new = predictions[[f"p_{c}" for c in classes]].to_numpy()
     y = np.array([classes.index(c) for c in test.label])

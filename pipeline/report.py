@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.metrics import fmt, threshold_text
+from pipeline.privacy import image_id
 from pipeline.stage import parser
 
 
@@ -29,6 +30,8 @@ class Inputs:
     manifest: Path
     conflicts: Path
     card: Path
+    raw: Path           # the privacy check: where the originals are (and so the pixel cache)
+    identifiers: Path   # the privacy check: identifying metadata values validate read (local-only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +161,7 @@ def leaderboard_section(board: pd.DataFrame, select_by: str) -> str:
 
 def gradcam_section(folder: Path) -> str:
     examples = json.loads((folder / "examples.json").read_text()) if (folder / "examples.json").is_file() else []
-    figures = "".join(f"<figure>{image(folder / e['png'], e['path'])}<figcaption>{escape(e['path'])}: "
+    figures = "".join(f"<figure>{image(folder / e['png'], e['id'])}<figcaption>image {escape(e['id'])}: "
                       f"actual <b>{escape(e['label'])}</b>, predicted <b>{escape(e['predicted'])}</b> "
                       f"({e['confidence']:.2f}, {escape(e['outcome'])})</figcaption></figure>" for e in examples)
     return f'<div class="grid">{figures}</div>' if figures else '<p class="muted">no examples</p>'
@@ -171,8 +174,10 @@ def render(reports: Path, manifest: Path, conflicts: Path, card: Path) -> str:
     review, metrics, registry = (read_json(reports / f"{n}.json") for n in ("label_review", "metrics", "registry"))
     op, shift = read_json(reports / "operating_point.json"), read_json(reports / "shift.json")
     files = pd.read_csv(manifest, keep_default_na=False) if manifest.is_file() else pd.DataFrame(columns=["status"])
-    excluded = files[files.status == "excluded"][["path", "reason"]].to_dict("records")
-    quarantine = pd.read_csv(conflicts, keep_default_na=False).to_dict("records") if conflicts.is_file() else []
+    # images by ID, never by file name: this page goes to MLflow (the manifest, local, maps ID -> path)
+    excluded = [{"image": image_id(r.sha256), "reason": r.reason} for r in files[files.status == "excluded"].itertuples()]
+    sheet = pd.read_csv(conflicts, keep_default_na=False) if conflicts.is_file() else pd.DataFrame(columns=["sha256"])
+    quarantine = sheet.assign(image=sheet.sha256.map(image_id)).to_dict("records")
     board = pd.read_csv(reports / "leaderboard.csv") if (reports / "leaderboard.csv").is_file() else pd.DataFrame()
     select_by = metrics.get("select_by", "balanced_accuracy")
     per_split = [{"split": s, **v} for s, v in split.get("per_split", {}).items()]
@@ -192,10 +197,11 @@ def render(reports: Path, manifest: Path, conflicts: Path, card: Path) -> str:
          f"<p>{validation.get('files', 0)} files: {validation.get('ok', 0)} usable, {validation.get('excluded', 0)} "
          f"excluded. Suite {'passed' if validation.get('suite_success') else 'FAILED'}. "
          f'<a href="validation/index.html">Data Docs</a></p>' + counts(validation.get("per_class", {}), "class", "usable images")
-         + "<h3>Excluded files, with reasons</h3>" + table(excluded)),
+         + "<h3>Excluded files, with reasons</h3><p class=\"muted\">Images by ID (the start of their sha256); "
+           "the manifest (data/interim/manifest.csv, local) gives each one's file.</p>" + table(excluded)),
         ("dedup", "Duplicates and quarantine",
          table([{"": k.replace("_", " "), "value": v} for k, v in dedup.items()])
-         + "<h3>Quarantined label conflicts</h3>" + table(quarantine, ["status", "group_id", "path", "folder_label",
+         + "<h3>Quarantined label conflicts</h3>" + table(quarantine, ["status", "group_id", "image", "folder_label",
                                                                      "decision", "correct_label"])
          + image(reports / "dedup_groups.png", "duplicate groups")),
         ("labels", "Label review",
@@ -253,6 +259,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__, Inputs, Outputs).parse_args(argv)
     args.out.write_text(render(args.reports, args.manifest, args.conflicts, args.card), encoding="utf-8")
     args.summary.write_text(json.dumps(summary(args.reports), indent=1) + "\n", encoding="utf-8")
+    from pipeline import privacy, project
+
+    try:  # fail closed: nothing goes to MLflow from a run that left an identifier outside data/raw
+        checked = privacy.run_check(project.root(), args.raw, args.manifest, args.identifiers)
+    except privacy.PrivacyLeak as err:
+        raise SystemExit(f"report: {err}") from None
+    print(f"privacy: {checked} files outside {args.raw} re-read: no metadata in images, no original name, path "
+          f"or metadata value in anything that leaves")
     metrics = read_json(args.reports / "metrics.json")
     if metrics:
         log_to_mlflow(args.out, metrics)

@@ -33,6 +33,7 @@ import pandas as pd
 from pipeline.console import quiet
 from pipeline.hamming import near_pairs
 from pipeline.params import Params, Split, load_params
+from pipeline.privacy import image_id
 from pipeline.stage import one_line_errors, parser, paths
 
 SPLITS = ("train", "val", "calibration", "test")  # training-ward first
@@ -154,7 +155,8 @@ def moves(split: pd.DataFrame, ledger: pd.DataFrame) -> list[dict]:
         old = before.get(row.sha256)
         if old and old != row.split:
             why = row.train_reason or (f"its group {row.group_id} was merged with images in {row.split}")
-            out.append({"path": row.path, "sha256": row.sha256, "from": old, "to": row.split, "reason": why})
+            # by content, never by path: split.json is committed and read by the report (which MLflow keeps)
+            out.append({"image": image_id(row.sha256), "sha256": row.sha256, "from": old, "to": row.split, "reason": why})
     return out
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import datadocs, pixels
+from pipeline import datadocs, pixels, privacy
 from pipeline.console import quiet
 from pipeline.images import UnusableImage, camera, sha256_file
 from pipeline.params import Base, Params, Validate, load_params
@@ -35,6 +35,7 @@ class Outputs:
     manifest: Path
     docs: Path          # Great Expectations Data Docs
     summary: Path
+    identifiers: Path | None = None  # local-only: identifying metadata values of the originals (pipeline/privacy.py)
 
 
 class ValidationFailed(StageError):
@@ -156,6 +157,8 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     manifest = labels.apply(build_manifest(raw_dir, base, settings, files, model_sizes(params)), decisions)
     outputs.manifest.parent.mkdir(parents=True, exist_ok=True)
     manifest.to_csv(outputs.manifest, index=False)
+    if outputs.identifiers:  # what the privacy check searches for in everything that leaves; never logged
+        privacy.collect(raw_dir, manifest).to_csv(outputs.identifiers, index=False)
     version = data_version(version_file) if version_file and versioned is not None else "untracked"
     from pipeline.expectations import run_suite  # GE is slow to import (and after the worker processes fork)
 

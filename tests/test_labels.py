@@ -154,7 +154,7 @@ def test_split_report_accounts_for_every_image_that_left_the_test_split(tmp_path
             row["group_id"] = "gmerged"
     pd.DataFrame(rows).to_csv(tmp_path / "groups.csv", index=False)
     report = split.run(params, *split_stage(tmp_path))
-    assert [m["path"] for m in report["left_test"]] == [test_path]
+    assert [m["sha256"] for m in report["left_test"]] == [first.set_index("path").loc[test_path, "sha256"]]  # by content, never by path
     assert report["left_test"][0]["to"] == "train" and "gmerged" in report["left_test"][0]["reason"]
     assert pd.read_csv(ledger).set_index("sha256").loc[first.set_index("path").loc[test_path, "sha256"], "split"] == "train"
 
