@@ -189,7 +189,9 @@ def save_png(image: Image.Image, target) -> None:
 
 
 def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
+    """An image file the pipeline wrote. Page assets (the Data Docs' bundled icons, under `static/`) are no
+    one's photo: Great Expectations ships a GIF with a comment in it."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and "static" not in path.parts
 
 
 # (b) names, paths and metadata values in what leaves

@@ -113,7 +113,8 @@ def data_stages(params, raw: Path, work: Path, reports: Path | None = None, corr
 
     reports = reports or work
     done = {"validate": validate.run(params, validate.Inputs(raw, corrections), validate.Outputs(
-        manifest=work / "manifest.csv", docs=work / "docs", summary=reports / "validation.json"))}
+        manifest=work / "manifest.csv", docs=work / "docs", summary=reports / "validation.json",
+        identifiers=work / "identifiers.csv"))}
     if upto in ("dedup", "split"):
         done["dedup"] = dedup.run(params, dedup.Inputs(raw, work / "manifest.csv"), dedup.Outputs(
             groups=work / "groups.csv", cache=work / "hash_cache.json", quarantine=work / "quarantine",
