@@ -33,7 +33,6 @@ import pandas as pd
 from pipeline.console import quiet
 from pipeline.hamming import near_pairs
 from pipeline.params import Params, Split, load_params
-from pipeline.privacy import image_id
 from pipeline.stage import one_line_errors, parser, paths
 
 SPLITS = ("train", "val", "calibration", "test")  # training-ward first
@@ -156,7 +155,7 @@ def moves(split: pd.DataFrame, ledger: pd.DataFrame) -> list[dict]:
         if old and old != row.split:
             why = row.train_reason or (f"its group {row.group_id} was merged with images in {row.split}")
             # by content, never by path: split.json is committed and read by the report (which MLflow keeps)
-            out.append({"image": image_id(row.sha256), "sha256": row.sha256, "from": old, "to": row.split, "reason": why})
+            out.append({"sha256": row.sha256, "from": old, "to": row.split, "reason": why})
     return out
 
 

@@ -1,6 +1,6 @@
 """The run report, the Prefect decision summary and offline Data Docs, on the paths one small run
 does not take: a challenger with a paired comparison, a version awaiting approval, a missing value,
-hostile file names."""
+hostile file names and reasons."""
 import json
 
 import pandas as pd
@@ -32,8 +32,9 @@ def reports_dir(tmp_path, alias: str, comparison: dict | None):
     Image.new("RGB", (8, 8)).save(reports / "evaluate" / "A_test_confusion.png")
     (reports / "model_card.md").write_text("# Card\n\n> **Research use only.**\n\n<script>alert(1)</script>\n")
     manifest = tmp_path / "manifest.csv"
-    pd.DataFrame([{"path": 'a/<img src=x onerror=alert(1)>".jpg', "status": "excluded", "reason": "empty file"},
-                  {"path": "a/ok.jpg", "status": "ok", "reason": ""}]).to_csv(manifest, index=False)
+    pd.DataFrame([{"path": 'a/<img src=x onerror=alert(1)>".jpg', "sha256": "ab" * 32, "status": "excluded",
+                   "reason": "empty file <b>"},
+                  {"path": "a/ok.jpg", "sha256": "cd" * 32, "status": "ok", "reason": ""}]).to_csv(manifest, index=False)
     return reports, manifest, registry
 
 
@@ -43,7 +44,8 @@ def test_report_of_a_challenger_shows_the_paired_comparison_and_escapes_names(tm
     assert "m v7 &rarr; @challenger" in page and 'class="decision other"' in page
     assert "-0.020 to 0.100" in page and "Paired: sign-flip" in page  # the interval and its method
     assert "not shown &lt;b&gt;" in page  # the reason is text, not markup
-    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;&quot;.jpg" in page
+    assert "onerror" not in page and "ab" * 6 in page  # an excluded file by its ID, never its (hostile) name
+    assert "empty file &lt;b&gt;" in page
     assert "<script>" not in page and "<blockquote>" in page  # the card's HTML is inert, its markdown kept
     assert page.count("not measured") >= 3  # NaN score and missing interval bounds
     assert "data:image/png;base64," in page and "https://" not in page
