@@ -129,7 +129,7 @@ def test_stage_flags_planted_labels_on_real_images_with_the_genuine_network(tmp_
     raw = tmp_path / "raw"
     split = write_set(raw)
     (raw / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 64)  # one bad file must not stop it
-    with_broken = pd.concat([split, pd.DataFrame([["normal/broken.png", "normal", "g_broken", "train", "x"]],
+    with_broken = pd.concat([split, pd.DataFrame([["normal/broken.png", "normal", "g_broken", "train", "0b" * 32]],
                                                  columns=split.columns)])
     with_broken.to_csv(tmp_path / "split.csv", index=False)
     before = tree_digest(raw)
@@ -149,7 +149,7 @@ def test_stage_flags_planted_labels_on_real_images_with_the_genuine_network(tmp_
                                     "correct_label"]
     assert json.loads(out.report.read_text()) == summary
     assert summary["images_reviewed"] == len(split) and summary["flagged"] == len(issues)
-    assert list(summary["not_checked"]["unreadable"]) == ["normal/broken.png"]
+    assert list(summary["not_checked"]["unreadable"]) == ["0b" * 6]  # by image ID, never by path (committed)
     assert summary["head_out_of_fold_accuracy"] >= 0.85
     assert Image.open(out.sheet).size[0] > 0
     assert tree_digest(raw) == before  # nothing moved, changed or excluded
