@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +181,19 @@ class ImageClassifier(PythonModel):
         return pd.DataFrame(rows, columns=columns, dtype=object)
 
 
+def example_png(sample: Path, side: int = 224) -> bytes:
+    """The input example MLflow keeps with the model: a test image's pixels, shrunk, as PNG and nothing else.
+    Never the original's bytes: they carry its EXIF/XMP (GPS, dates, serials) into the MLflow store."""
+    from pipeline.images import load_rgb
+    from pipeline.privacy import save_png
+
+    image = load_rgb(sample, min_side=side)
+    image.thumbnail((side, side))
+    out = io.BytesIO()
+    save_png(image, out)
+    return out.getvalue()
+
+
 def log_serving_model(info: dict, model_path: Path, export_dir: Path, sample: Path) -> str:
     """The image-in, classes-out pyfunc, logged to the architecture's run; returns its model URI."""
     import keras
@@ -195,7 +209,7 @@ def log_serving_model(info: dict, model_path: Path, export_dir: Path, sample: Pa
         outputs=Schema([ColSpec("string", "class"), ColSpec("boolean", "refer", required=False),
                         ColSpec("double", "refer_score", required=False), ColSpec("string", "error")]
                        + [ColSpec("double", f"prob_{c}") for c in classes]))
-    example = pandas.DataFrame({"image": [base64.b64encode(sample.read_bytes()).decode()]})
+    example = pandas.DataFrame({"image": [base64.b64encode(example_png(sample)).decode()]})
     with mlflow.start_run(run_id=info["run_id"]):
         logged = mlflow.pyfunc.log_model(
             name="serving", python_model=ImageClassifier(), code_paths=[str(Path(__file__).resolve().parent)],

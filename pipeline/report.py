@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> None:
         checked = privacy.run_check(project.root(), args.raw, args.manifest, args.identifiers)
     except privacy.PrivacyLeak as err:
         raise SystemExit(f"report: {err}") from None
-    print(f"privacy: {checked} files outside {args.raw} re-read: no metadata in images, no original name, path "
-          f"or metadata value in anything that leaves")
+    print(f"report: privacy check passed: {checked} files outside {args.raw} re-read; no metadata in images, "
+          f"no original name, path or metadata value in anything that leaves")
     metrics = read_json(args.reports / "metrics.json")
     if metrics:
         log_to_mlflow(args.out, metrics)

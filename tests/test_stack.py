@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY_STACK, free_port, scratch_workspace
+from tests.conftest import ROOT, SHARED, TINY_STACK, free_port, scratch_workspace
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.stack
@@ -84,7 +84,8 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    yield from started_stack(tmp_path_factory, TINY_STACK)
+    # the retrain flow runs the pipeline here: no waiting for a quiet folder
+    yield from started_stack(tmp_path_factory, {**TINY_STACK, "flow": {"quiet_seconds": 0}})
 
 
 def started_stack(tmp_path_factory, params: dict, **settings: str):
@@ -166,18 +167,80 @@ def test_stack_starts_from_nothing_stops_cleanly_and_restarts_on_its_data(stack)
     assert [p["type"] for p in pools if p["name"] == "training"] == ["process"]
 
 
-def test_demo_pipeline_against_the_stack(stack):
-    """Unchanged commands (dvc add/repro/push, pipeline.predict) find the stack through .stack/env."""
+def stack_stores(stack) -> dict[str, list[bytes]]:
+    """Everything MLflow and Prefect keep on the stack: both PostgreSQL databases (pg_dump: runs, params,
+    tags, registry, Prefect's flow runs, logs and artifacts) and every object of MLflow's bucket (zips unpacked)."""
+    from pipeline.privacy import contents
+
+    values, s = stack.values(), {**launcher().settings(), **stack.env}
+    dump = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_dump"), key=lambda p: int(p.parts[-3]))[-1]
+    stores = {}
+    for db in (s["STACK_MLFLOW_DB"], s["STACK_PREFECT_DB"]):
+        done = subprocess.run([str(dump), "-h", "127.0.0.1", "-p", s["STACK_POSTGRES_PORT"], "-U", s["STACK_POSTGRES_USER"],
+                               "--data-only", db], env={**os.environ, "PGPASSWORD": values["POSTGRES_PASSWORD"]},
+                              capture_output=True, check=True)
+        stores[f"postgres:{db}"] = [done.stdout]
+    s3 = s3_of(values)
+    with tempfile.TemporaryDirectory() as tmp:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s["STACK_MLFLOW_BUCKET"]):
+            for obj in page.get("Contents", []):
+                local = Path(tmp) / "object"
+                s3.download_file(s["STACK_MLFLOW_BUCKET"], obj["Key"], str(local))
+                stores[f"s3://{s['STACK_MLFLOW_BUCKET']}/{obj['Key']}"] = [obj["Key"].encode(), *contents(local)]
+    return {where: blobs + [decoded for blob in blobs for decoded in base64_runs(blob)] for where, blobs in stores.items()}
+
+
+def base64_runs(blob: bytes) -> list[bytes]:
+    """What base64 inside a file holds (an input example's image, an embedded picture): searched too."""
+    import base64
+    import binascii
+
+    out = []
+    for run in re.findall(rb"[A-Za-z0-9+/]{64,}={0,2}", blob):
+        try:
+            out.append(base64.b64decode(run + b"=" * (-len(run) % 4)))
+        except (binascii.Error, ValueError):
+            pass
+    return out
+
+
+def s3_of(values: dict):
     import boto3
+
+    return boto3.client("s3", endpoint_url=values["STACK_S3_ENDPOINT"], region_name="us-east-1",
+                        aws_access_key_id=values["AWS_ACCESS_KEY_ID"], aws_secret_access_key=values["AWS_SECRET_ACCESS_KEY"])
+
+
+def test_demo_pipeline_against_the_stack(stack, tmp_path):
+    """Unchanged commands (the retrain flow, dvc, pipeline.predict) find the stack through .stack/env; of the
+    planted phone photos (tests/planted.py) nothing identifying reaches MLflow, its bucket or Prefect."""
+    import httpx
     import psycopg2
 
+    from tests.planted import plant
+
+    if not (SHARED / "weights" / "keras").is_dir():  # label_review needs ImageNet features
+        pytest.skip("shared ImageNet weights not found")
+    shutil.copytree(SHARED / "weights" / "keras", tmp_path / "keras")
     ws, values = stack.project, stack.values()
-    env = {"STACK_DIR": str(stack.dir)}  # as `make stack` would have left .stack/env in the project
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    sh(ws, "dvc", "add", "-q", "data/raw", env=env)
-    out = sh(ws, "dvc", "repro", "register", env=env)
-    assert "Running stage 'register'" in out
-    sh(ws, "dvc", "push", "-q", env=env)
+    planted = plant(ws / "data" / "raw")
+    env = {"STACK_DIR": str(stack.dir), "KERAS_HOME": str(tmp_path / "keras")}  # as `make stack` left .stack/env
+    for name in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
+        os.environ.pop(name, None)
+    out = sh(ws, str(BIN / "python"), "-m", "flows.retrain", "--workspace", str(ws), env=env, timeout=1500)
+    assert "Running stage 'register'" in out and "report: privacy check passed" in out, out[-3000:]
+
+    # the planted values, names and thumbnails: none in MLflow's database or bucket, nor in Prefect's database
+    stores = stack_stores(stack)
+    logs = httpx.post(f"{values['PREFECT_API_URL']}/logs/filter", json={"limit": 200}).json()
+    prefect_artifacts = httpx.post(f"{values['PREFECT_API_URL']}/artifacts/filter", json={}).json()
+    assert len(logs) > 20 and {"retrain-decision", "leaderboard"} <= {a["key"] for a in prefect_artifacts}  # not a vacuous search
+    assert any(k.endswith("report/index.html") for k in stores) and any(k.endswith("_test_predictions.csv") for k in stores)
+    secrets = [v.encode() for v in planted["values"] + planted["names"]] + planted["thumbnails"]
+    secrets += [b"Exif\x00\x00", b"Photoshop 3.0\x00"]  # any original's EXIF or IPTC block, planted or not
+    found = {(where, secret[:40]) for where, blobs in stores.items() for secret in secrets
+             if any(secret in blob for blob in blobs)}
+    assert not found, sorted(found)
 
     with psycopg2.connect(f"postgresql://mlops:{values['POSTGRES_PASSWORD']}@127.0.0.1:"
                           f"{stack.env['STACK_POSTGRES_PORT']}/mlflow") as conn, conn.cursor() as cur:
@@ -185,9 +248,7 @@ def test_demo_pipeline_against_the_stack(stack):
         assert cur.fetchone()[0] >= 2  # the pipeline's parent run and the SmallCNN run
         cur.execute("SELECT alias, version FROM registered_model_aliases WHERE name = 'oralscan-classifier'")
         assert ("champion", 1) in cur.fetchall()
-    s3 = boto3.client("s3", endpoint_url=values["STACK_S3_ENDPOINT"], region_name="us-east-1",
-                      aws_access_key_id=values["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=values["AWS_SECRET_ACCESS_KEY"])
+    s3 = s3_of(values)
     artifacts = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow").get("Contents", [])]
     assert any(k.endswith("model.keras") for k in artifacts), artifacts[:20]
     data = s3.list_objects_v2(Bucket="dvc", MaxKeys=1000).get("KeyCount", 0)
