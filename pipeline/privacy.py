@@ -218,6 +218,7 @@ def needles(manifest: pd.DataFrame, table: pd.DataFrame) -> dict[bytes, str]:
         rel, what = Path(path), what_of(sha)
         names = [(f"data/raw/{rel.as_posix()}", "path"), (rel.as_posix(), "path"), (rel.name, "file name")]
         names += [(rel.stem, "file name")] if named_stem(rel.stem) else []
+        names += [(folder, "folder name") for folder in rel.parts[:-1] if named_stem(folder)]
         for text, kind in names:
             out.update(dict.fromkeys(_variants(text), f"the {kind} {what}"))
     for row in table.itertuples():

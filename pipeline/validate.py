@@ -74,7 +74,8 @@ def precheck(rel: Path, classes: tuple[str, ...]) -> str | None:
     if len(rel.parts) < 2:
         return "file is not inside a class folder"
     if rel.parts[0] not in classes:
-        return f"folder '{rel.parts[0]}' is not one of the classes in params ({', '.join(classes)})"
+        # the folder's name stays out of the reason: reasons reach the report (and MLflow); the manifest has the path
+        return f"top folder is not one of the classes in params ({', '.join(classes)})"
     return None
 
 

@@ -159,3 +159,10 @@ def test_dvc_yaml_marks_the_outputs_that_may_name_originals_local_only():
                      "data/splits/ledger.csv", "reports/validation", "reports/label_issues.csv"}
     assert declared["reports/index.html"] is False and declared["export"] is False
     assert "models/MobileNetV2" in declared and "models/${key}" not in declared  # foreach expanded
+
+
+def test_folder_names_that_look_identifying_are_searched_too():
+    listed = pd.DataFrame({"path": ["Jane Doe 2023/scan.jpg"], "sha256": ["ab" * 32]})
+    search = privacy.needles(listed, pd.DataFrame(columns=privacy.COLUMNS))
+    assert search[b"Jane Doe 2023"] == "the folder name of image " + "ab" * 6
+    assert b"scan" not in search and search[b"scan.jpg"] == "the file name of image " + "ab" * 6

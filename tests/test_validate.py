@@ -14,7 +14,7 @@ CLASSES = ("normal", "precancer", "cancer")
     ("normal/.DS_Store", "hidden file"),
     (".hidden/a.jpg", "hidden file"),
     ("loose.jpg", "not inside a class folder"),
-    ("unsorted/a.jpg", "folder 'unsorted' is not one of the classes"),
+    ("unsorted/a.jpg", "top folder is not one of the classes"),
 ])
 def test_precheck_reasons(rel, reason):
     from pathlib import Path
