@@ -1,12 +1,10 @@
 """privacy: nothing identifying leaves data/raw; re-read what was written and fail closed.
 
-data/raw holds what the hospital gave: original bytes, metadata and file names. Everything the
-pipeline writes elsewhere carries pixels and pseudonymous IDs (`image_id`: the first 12 hex digits
-of the content's sha256, as duplicate groups already use), never an original name, path or
-metadata value. Two local tables re-identify: the manifest (path -> sha256) and the identifiers
-table validate writes (the identifying metadata values read from each original). Outputs that may
-hold names are marked `desc: local-only ...` in dvc.yaml: they are never logged or committed, and
-leave the machine only to the DVC remote, which holds data/raw itself.
+Everything written outside data/raw carries pixels and pseudonymous IDs (`image_id`: the first 12 hex
+digits of the content's sha256), never an original's name, path or metadata. Outputs that may name
+originals (the manifest, which re-identifies; the identifiers table validate writes) are marked
+`desc: local-only ...` in dvc.yaml: never logged or committed, pushed only to the DVC remote, which
+holds data/raw itself.
 
 The check (`python -m pipeline.privacy`; also the end of `report`, before its page goes to MLflow)
 re-reads every output dvc.yaml declares (and the pixel cache) and fails when
@@ -43,7 +41,7 @@ EXIF_IFD0 = {0x010E: "image description", 0x013B: "artist", 0x8298: "copyright",
 EXIF_SUB = {0x9003: "capture date", 0x9004: "digitized date", 0xA420: "unique image ID", 0xA430: "owner name",
             0xA431: "body serial number", 0xA435: "lens serial number", 0x9286: "user comment",
             0xC62F: "camera serial number"}
-GPS_COORDINATES = {2: ("GPS latitude", 1), 4: ("GPS longitude", 3)}
+GPS_COORDINATES = {2: "GPS latitude", 4: "GPS longitude"}  # as decimal degrees, 4 places (~10 m)
 GPS_DATE = 29
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".mpo", ".png", ".tif", ".tiff", ".webp", ".heic", ".heif", ".bmp", ".gif"}
 SIGNATURES = {b"Exif\x00\x00": "an EXIF block", b"http://ns.adobe.com/xap/1.0/": "an XMP packet",
@@ -98,7 +96,7 @@ def identifiers(path: Path) -> list[tuple[str, str]]:
                 sub, gps = exif.get_ifd(0x8769), exif.get_ifd(0x8825)
                 found += [(kind, _text(exif[tag])) for tag, kind in EXIF_IFD0.items() if tag in exif]
                 found += [(kind, _text(sub[tag])) for tag, kind in EXIF_SUB.items() if tag in sub]
-                found += [(kind, _degrees(gps[tag])) for tag, (kind, _) in GPS_COORDINATES.items() if tag in gps]
+                found += [(kind, _degrees(gps[tag])) for tag, kind in GPS_COORDINATES.items() if tag in gps]
                 if GPS_DATE in gps:
                     found.append(("GPS date", _text(gps[GPS_DATE])))
                 xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
@@ -215,19 +213,15 @@ def needles(manifest: pd.DataFrame, table: pd.DataFrame) -> dict[bytes, str]:
     """Search bytes -> what they are ('file name of image 3fa2c1d0e9ab'), never the value itself."""
     out = {}
     for path, sha in zip(manifest.path, manifest.sha256):
-        rel, what = Path(path), what_of(sha)
+        rel, what = Path(path), f"of image {image_id(sha)}"
         names = [(f"data/raw/{rel.as_posix()}", "path"), (rel.as_posix(), "path"), (rel.name, "file name")]
         names += [(rel.stem, "file name")] if named_stem(rel.stem) else []
         names += [(folder, "folder name") for folder in rel.parts[:-1] if named_stem(folder)]
         for text, kind in names:
             out.update(dict.fromkeys(_variants(text), f"the {kind} {what}"))
     for row in table.itertuples():
-        out.update(dict.fromkeys(_variants(str(row.value)), f"the {row.kind} {what_of(row.sha256)}"))
+        out.update(dict.fromkeys(_variants(str(row.value)), f"the {row.kind} of image {image_id(row.sha256)}"))
     return out
-
-
-def what_of(sha: str) -> str:
-    return f"of image {image_id(sha)}"
 
 
 DATA_URI = re.compile(rb"data:[\w/+.-]+;base64,[A-Za-z0-9+/=\s]+")  # embedded pictures: checked as images
@@ -243,6 +237,13 @@ def contents(path: Path) -> list[bytes]:
     return [name, DATA_URI.sub(b"", data) if b";base64," in data else data]
 
 
+def found(needle: bytes, what: str, blob: bytes) -> bool:
+    """A name counts where it starts a word: "21.png" is not found in "..._aug0_21.png" (an ID-named file)."""
+    if needle not in blob:
+        return False
+    return "name" not in what or re.search(rb"(?<![\w-])" + re.escape(needle), blob) is not None
+
+
 def check(leaving: list[Path], images: list[Path], search: dict[bytes, str], root: Path) -> list[str]:
     """One line per finding: the file (relative to root) and what survived in it."""
     findings = []
@@ -250,16 +251,13 @@ def check(leaving: list[Path], images: list[Path], search: dict[bytes, str], roo
         findings += [f"{_rel(path, root)}: {what}" for what in metadata_in_image(path)]
     for path in leaving:
         blobs = contents(path)
-        hits = {what for needle, what in search.items() if any(needle in blob for blob in blobs)}
+        hits = {what for needle, what in search.items() if any(found(needle, what, blob) for blob in blobs)}
         findings += [f"{_rel(path, root)}: {what}" for what in sorted(hits)]
     return findings
 
 
 def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return str(path)
+    return path.resolve().relative_to(root.resolve()).as_posix() if path.resolve().is_relative_to(root.resolve()) else str(path)
 
 
 def declared_outputs(root: Path) -> list[tuple[str, bool]]:
@@ -298,7 +296,9 @@ def project_files(root: Path, raw: Path) -> tuple[list[Path], list[Path]]:
 def run_check(root: Path, raw: Path, manifest: Path, table: Path) -> int:
     """The check on a project; raises PrivacyLeak naming every finding. Returns how many files it read."""
     listed = pd.read_csv(manifest, keep_default_na=False, dtype=str)
-    values = pd.read_csv(table, keep_default_na=False, dtype=str) if table.is_file() else pd.DataFrame(columns=COLUMNS)
+    if not table.is_file():  # fail closed: without it the check cannot know what to search for
+        raise PrivacyLeak(f"privacy: {table} is missing: run validate (`dvc repro validate`) first")
+    values = pd.read_csv(table, keep_default_na=False, dtype=str)
     leaving, images = project_files(root, raw)
     findings = check(leaving, images, needles(listed, values), root)
     if findings:

@@ -166,3 +166,10 @@ def test_folder_names_that_look_identifying_are_searched_too():
     search = privacy.needles(listed, pd.DataFrame(columns=privacy.COLUMNS))
     assert search[b"Jane Doe 2023"] == "the folder name of image " + "ab" * 6
     assert b"scan" not in search and search[b"scan.jpg"] == "the file name of image " + "ab" * 6
+
+
+def test_a_short_original_name_is_not_found_inside_an_id_named_file():
+    listed = pd.DataFrame({"path": ["normal/21.png"], "sha256": ["cd" * 32]})
+    search = privacy.needles(listed, pd.DataFrame(columns=privacy.COLUMNS))
+    assert not any(privacy.found(n, w, b"cdcdcdcdcdcd__aug0_21.png") for n, w in search.items())
+    assert any(privacy.found(n, w, b'{"file": "21.png"}') for n, w in search.items())
