@@ -173,3 +173,21 @@ def test_a_short_original_name_is_not_found_inside_an_id_named_file():
     search = privacy.needles(listed, pd.DataFrame(columns=privacy.COLUMNS))
     assert not any(privacy.found(n, w, b"cdcdcdcdcdcd__aug0_21.png") for n, w in search.items())
     assert any(privacy.found(n, w, b'{"file": "21.png"}') for n, w in search.items())
+
+
+def test_the_command_passes_on_a_clean_project_and_exits_naming_a_leak(ran, tmp_path, monkeypatch, capsys):
+    project = tmp_path / "project"
+    (project / "data" / "interim").mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, project)
+    (project / "data" / "raw").symlink_to(ran["raw"])
+    for name in ("manifest.csv", "identifiers.csv"):
+        shutil.copy(ran["work"] / name, project / "data" / "interim" / name)
+    shutil.copytree(ran["work"] / "quarantine", project / "data" / "quarantine" / "conflicts")
+    monkeypatch.chdir(project)
+    privacy.main([])
+    assert "privacy: " in capsys.readouterr().out
+    (project / "export").mkdir()
+    shutil.copy(ran["raw"] / "precancer" / "MRN 00412 Smith.mpo", project / "export" / "sample.jpg")
+    with pytest.raises(SystemExit, match=r"export/sample.jpg: a JPEG APP1 segment"):
+        privacy.main([])
