@@ -42,15 +42,18 @@ def gradcam(model, x: np.ndarray, class_index: int) -> np.ndarray:
     return cam / cam.max() if cam.max() > 0 else cam
 
 
-def overlay(image: Image.Image, cam: np.ndarray, out: Path) -> None:
+def blend(image: Image.Image, cam: np.ndarray) -> Image.Image:
     """The class-activation map in colour over an RGB image (any size: the map is stretched to it)."""
     import matplotlib
 
     heat = Image.fromarray(np.uint8(cam * 255)).resize(image.size, Image.Resampling.BILINEAR)
     colored = matplotlib.colormaps["jet"](np.asarray(heat) / 255.0)[..., :3]
-    blend = 0.6 * np.asarray(image) / 255.0 + 0.4 * colored
+    return Image.fromarray(np.uint8((0.6 * np.asarray(image) / 255.0 + 0.4 * colored) * 255))
+
+
+def overlay(image: Image.Image, cam: np.ndarray, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.uint8(blend * 255)).save(out)
+    blend(image, cam).save(out)
 
 
 def write_gradcams(classifier: Classifier, paths: list[Path], results: list[dict], out_dir: Path) -> None:

@@ -1,0 +1,51 @@
+"""Try a photo: the champion's probabilities, its refer decision and the Grad-CAM overlay for one
+uploaded image, held in memory only (nothing uploaded is written anywhere).
+
+The photo is decoded once, as serving decodes it (`images.model_input_and_image`: a large JPEG at a
+DCT scale inside libjpeg, so a 12 MP photo costs a 1/64 decode); the answer is
+`pipeline.inference.answer` and the map `pipeline.predict.gradcam` / `blend`, the code
+`pipeline.predict` runs.
+"""
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image
+
+from pipeline.images import UnusableImage, model_input_and_image
+from pipeline.inference import Classifier, answer
+from pipeline.predict import blend, gradcam
+
+OVERLAY_SIDE = 480  # the overlay is sent inline (a data: URI), at most this wide or high
+
+
+class Refused(ValueError):
+    """The upload cannot be answered; the message is for the person who sent it."""
+
+
+def check_size(size: int, max_bytes: int) -> None:
+    if size == 0:
+        raise Refused("the file is empty")
+    if size > max_bytes:
+        raise Refused(f"the file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
+
+
+def try_photo(classifier: Classifier, data: bytes, max_pixels: int) -> dict:
+    """{'class', 'refer', 'refer_score', 'probabilities', 'overlay' (PNG as base64)}; Refused with a reason."""
+    try:
+        x, rgb = model_input_and_image(data, classifier.size, max_pixels)
+    except (UnusableImage, OSError) as err:
+        raise Refused(f"this file cannot be read as a photo: {err}") from None
+    keras_model = classifier.keras_model
+    probs = np.asarray(classifier.predict(x[None]))[0]
+    result = answer(classifier, probs)
+    if keras_model is not None:
+        cam = gradcam(keras_model, x, classifier.classes.index(result["class"]))
+        shown = rgb.copy()
+        shown.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE), Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        blend(shown, cam).save(buffer, format="PNG", compress_level=1)
+        result["overlay"] = base64.b64encode(buffer.getvalue()).decode()
+    return result
