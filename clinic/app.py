@@ -69,10 +69,10 @@ def create_app(root: Path) -> FastAPI:
 
     templates.env.globals.update(shown=shown, classes=classes)
 
-    def page(request: Request, template: str, user: User | None, status: int = 200, **context):
+    def page(request: Request, template: str, user: User | None, code: int = 200, **context):
         flash = request.cookies.get(FLASH, "")
         response = templates.TemplateResponse(request, template, {"user": user, "flash": flash, **context},
-                                              status_code=status)
+                                              status_code=code)
         if flash:
             response.delete_cookie(FLASH)
         return response
@@ -282,7 +282,8 @@ async def upload_of(request: Request, limit: int) -> tuple[str, bytes]:
         if len(body) > limit + 64_000:  # the form's other fields and boundaries fit in far less
             raise photo.Refused(f"the file is over the {limit / 1e6:.0f} MB limit")
     fields, files = {}, []
-    parser = create_form_parser(dict(request.headers), lambda f: fields.update({f.field_name: f.value}), files.append,
+    headers = {"Content-Type": request.headers.get("content-type", "")}
+    parser = create_form_parser(headers, lambda f: fields.update({f.field_name: f.value}), files.append,
                                 config={"MAX_MEMORY_FILE_SIZE": len(body) + 1})
     try:
         parser.write(bytes(body))

@@ -50,7 +50,7 @@ class Item:
     decided: dict[str, str] = field(default_factory=dict)   # sha256 -> the recorded decision
 
     @property
-    def reviewed(self) -> bool:
+    def reviewed(self) -> bool:  # every content decided (exact copies share one)
         return all(i.sha256 in self.decided for i in self.images)
 
     @property
@@ -67,7 +67,7 @@ def conflict_items(sheet: pd.DataFrame) -> list[Item]:
     if sheet.empty:
         return []
     return [Item(f"c-{group}", "conflict", group,
-                 [Image(r.sha256, r.path, r.current_label) for r in rows.drop_duplicates("sha256").itertuples()])
+                 [Image(r.sha256, r.path, r.current_label) for r in rows.itertuples()])
             for group, rows in sheet.groupby("group_id", sort=True)]
 
 
@@ -105,8 +105,9 @@ def answer_rows(item: Item, answer: str, who: str, classes, note: str = "") -> l
     today = datetime.date.today().isoformat()
     where = f"conflict group {item.group_id}" if item.kind == "conflict" else "suspected label error"
     text = f"clinic's page, {where}" + (f": {note}" if note else "")
-    return [{"sha256": i.sha256, "correct_label": i.label if answer == KEEP else answer, "who": who,
-             "when": today, "note": text} for i in item.images]
+    contents = {i.sha256: i.label for i in item.images}  # exact copies share one content: one decision
+    return [{"sha256": sha, "correct_label": label if answer == KEEP else answer, "who": who,
+             "when": today, "note": text} for sha, label in contents.items()]
 
 
 def record_answer(paths: Paths, item: Item, answer: str, who: str, classes, note: str = "") -> int:
