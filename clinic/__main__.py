@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def serve(root: Path, settings) -> None:
     if not accounts.users(root / settings.accounts):
         print("clinic: no accounts yet: python -m clinic users add NAME --role admin", file=sys.stderr)
     print(f"clinic: http://{settings.host}:{settings.port}/", file=sys.stderr)
+    os.chdir(root)  # MLflow's default store (no server configured) is the project's mlflow.db
     uvicorn.run(create_app(root), host=settings.host, port=settings.port, log_level="warning")
 
 

@@ -67,7 +67,7 @@ def create_app(root: Path) -> FastAPI:
     def shown(image: review.Image) -> str:
         return image.path if settings.show_file_names else image.sha256[:12]
 
-    templates.env.globals.update(shown=shown, classes=classes)
+    templates.env.globals.update(shown=shown, classes=classes, show_file_names=settings.show_file_names)
 
     def page(request: Request, template: str, user: User | None, code: int = 200, **context):
         flash = request.cookies.get(FLASH, "")
@@ -107,7 +107,11 @@ def create_app(root: Path) -> FastAPI:
             target = f"/login?next={quote(safe_next(request.url.path))}"
             return done(target, err.message) if request.method == "GET" else \
                 page(request, "message.html", None, 403, title="Please sign in", message=err.message)
-        return page(request, "message.html", None, err.status, title="Not done", message=err.message)
+        try:
+            user = user_of(request)
+        except Refusal:
+            user = None
+        return page(request, "message.html", user, err.status, title="Not done", message=err.message)
 
     @app.get("/health")
     def health():

@@ -48,6 +48,8 @@ def label_issues(manifest: pd.DataFrame, out: Path, count: int = 2, seed: int = 
         row = ok.iloc[(rank - 1) % len(ok)]
         p = rng.dirichlet(np.ones(len(CLASSES)))
         suggested = max((c for c in CLASSES if c != row.label), key=lambda c: p[CLASSES.index(c)])
+        given, other = CLASSES.index(row.label), CLASSES.index(suggested)
+        p[given], p[other] = min(p[given], p[other]), max(p[given], p[other])  # flagged: the model prefers another
         sha = row.sha256 if rank <= len(ok) else f"{rank:064x}"  # beyond the images: distinct contents
         rows.append({"path": row.path, "sha256": sha, "label": row.label, "suggested_label": suggested,
                      "label_quality": round(float(p[CLASSES.index(row.label)]), 4),
@@ -106,3 +108,18 @@ def make_project(root: Path, issues: int = 2, **clinic) -> Path:
     for name, (role, password) in USERS.items():
         accounts.add_user(root / params.clinic.accounts, name, role, password)
     return root
+
+
+def phone_photos(source: Path, out: Path) -> dict[str, Path]:
+    """A 12 MP JPEG (4000x3000, as a phone writes it) and a 12 MP HEIC, upscaled from a real image."""
+    import pillow_heif
+    from PIL import Image
+
+    pillow_heif.register_heif_opener()
+    out.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as image:
+        big = image.convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC)
+    photos = {"jpeg": out / "phone.jpg", "heic": out / "phone.heic"}
+    big.save(photos["jpeg"], format="JPEG", quality=92)
+    big.save(photos["heic"], format="HEIF", quality=80, enc_params={"preset": "ultrafast"})  # 4 s, not 25
+    return photos
