@@ -60,6 +60,7 @@ def create_app(root: Path) -> FastAPI:
     sessions = Sessions(root / settings.accounts, settings.session_minutes)
     paths = review.Paths.of(root)
     champion, predict_lock = Champion(name), threading.Lock()
+    scored = {}  # (champion version, sha256) -> the champion's probabilities of a conflict image
     templates = Jinja2Templates(directory=HERE / "templates")
     app = FastAPI(title="Clinic", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -161,15 +162,17 @@ def create_app(root: Path) -> FastAPI:
         if classifier is None:
             return
         import numpy as np
-        cache = pixels.cache_dir(paths.raw)
+        cache, missing = pixels.cache_dir(paths.raw), [img for _, img in todo if (version, img.sha256) not in scored]
         try:
-            x = np.stack([pixels.model_array(cache, img.sha256, paths.raw / img.path, classifier.size) for _, img in todo])
-        except Exception:
+            if missing:
+                x = np.stack([pixels.model_array(cache, i.sha256, paths.raw / i.path, classifier.size) for i in missing])
+                with predict_lock:
+                    scored.update({(version, i.sha256): dict(zip(classifier.classes, map(float, p)))
+                                   for i, p in zip(missing, classifier.predict(x))})
+        except Exception:  # an image gone from data/raw and the cache: shown without probabilities
             return
-        with predict_lock:
-            probs = classifier.predict(x)
-        for (item, _), p in zip(todo, probs):
-            item.probabilities = {c: float(v) for c, v in zip(classifier.classes, p)}
+        for item, img in todo:
+            item.probabilities = scored[(version, img.sha256)]
 
     @app.get("/queue", response_class=HTMLResponse)
     def queue(request: Request, cls: str = "", status: str = "open", page_number: int = 1):

@@ -3,8 +3,8 @@ uploaded image, held in memory only (nothing uploaded is written anywhere).
 
 The photo is decoded once, as serving decodes it (`images.model_input_and_image`: a large JPEG at a
 DCT scale inside libjpeg, so a 12 MP photo costs a 1/64 decode); the answer is
-`pipeline.inference.answer` and the map `pipeline.predict.gradcam` / `blend`, the code
-`pipeline.predict` runs.
+`pipeline.inference.answer` and the map `pipeline.predict.explain` (the probabilities and the Grad-CAM of
+the most probable class from one pass) / `blend`, the code `pipeline.predict` and evaluate run.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline.images import UnusableImage, model_input_and_image
 from pipeline.inference import Classifier, answer
-from pipeline.predict import blend, gradcam
+from pipeline.predict import blend, explain
 
 OVERLAY_SIDE = 480  # the overlay is sent inline (a data: URI), at most this wide or high
 
@@ -38,14 +38,12 @@ def try_photo(classifier: Classifier, data: bytes, max_pixels: int) -> dict:
         x, rgb = model_input_and_image(data, classifier.size, max_pixels)
     except (UnusableImage, OSError) as err:
         raise Refused(f"this file cannot be read as a photo: {err}") from None
-    keras_model = classifier.keras_model
-    probs = np.asarray(classifier.predict(x[None]))[0]
+    if classifier.keras_model is None:  # a TFLite model: probabilities only
+        return answer(classifier, np.asarray(classifier.predict(x[None]))[0])
+    probs, cam = explain(classifier.keras_model, x)  # the map is the most probable class's: result["class"]
     result = answer(classifier, probs)
-    if keras_model is not None:
-        cam = gradcam(keras_model, x, classifier.classes.index(result["class"]))
-        shown = rgb.copy()
-        shown.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE), Image.Resampling.BILINEAR)
-        buffer = io.BytesIO()
-        blend(shown, cam).save(buffer, format="PNG", compress_level=1)
-        result["overlay"] = base64.b64encode(buffer.getvalue()).decode()
-    return result
+    shown = rgb.copy()
+    shown.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    blend(shown, cam).save(buffer, format="PNG", compress_level=1)
+    return {**result, "overlay": base64.b64encode(buffer.getvalue()).decode()}
