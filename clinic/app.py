@@ -237,9 +237,13 @@ def create_app(root: Path) -> FastAPI:
                                             params.register.lock_timeout_seconds)
         except Exception as err:  # not awaiting any more, champion moved, registry busy: say so
             raise Refusal(400, f"Nothing changed: {str(err).splitlines()[0]}") from None
-        resumed = await run_in_threadpool(resume_waiting_run, root, version, approve, user.name, note)
+        try:
+            resumed = await run_in_threadpool(resume_waiting_run, root, version, approve, user.name, note)
+            after = " The waiting flow run was resumed." if resumed else ""
+        except Exception as err:  # the decision stands; a paused run finds it when its wait ends
+            after = f" (Prefect could not be reached to resume a waiting run: {str(err).splitlines()[0][:120]})"
         return done("/approvals", f"v{version} {'approved' if approve else 'rejected'} by {user.name}: "
-                                  f"{event['reason']}" + (" (the waiting flow run was resumed)" if resumed else ""))
+                                  f"{event['reason']}.{after}")
 
     @app.post("/approvals/rollback")
     async def rollback(request: Request):

@@ -100,7 +100,7 @@ def resume_waiting_run(root: Path, version: str, approve: bool, reviewer: str, n
     the answer was applied elsewhere (the clinic's page): the run then finds it decided and goes on. None when
     no server is configured or no run waits for this version; the id of the resumed run otherwise."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStateType
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
     from prefect.flow_runs import resume_flow_run
     from prefect.input.run_input import keyset_from_paused_state
@@ -112,7 +112,7 @@ def resume_waiting_run(root: Path, version: str, approve: bool, reviewer: str, n
             return None
         with get_client(sync_client=True) as api:
             paused = api.read_flow_runs(flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
             for run in paused:
                 try:
                     text = api.read_flow_run_input(run.id, keyset_from_paused_state(run.state)["description"])
