@@ -152,7 +152,7 @@ def create_app(root: Path) -> FastAPI:
         """Conflicts carry no probabilities of their own: the champion's, from the pixel cache."""
         from pipeline import pixels
 
-        todo = [(i, img) for i in items if i.probabilities is None for img in i.images[:1]]
+        todo = [(i, img) for i in items if i.kind == "conflict" for img in i.images[:1]]
         if not todo:
             return
         try:

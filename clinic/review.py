@@ -81,8 +81,22 @@ def issue_items(issues: pd.DataFrame, classes) -> list[Item]:
             for r in issues.to_dict("records")]
 
 
+_LOADED: dict[Paths, tuple] = {}  # the last queue read per project, with the file stamps it was read at
+
+
 def load_queue(paths: Paths, classes) -> list[Item]:
-    """Conflicts first (certain disagreements), then suspected errors by rank; each with its decisions."""
+    """Conflicts first (certain disagreements), then suspected errors by rank; each with its decisions.
+    Read again only when one of the three files changed (every preview and page asks)."""
+    stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
+                  for p in (paths.corrections, paths.conflicts, paths.label_issues))
+    if paths in _LOADED and _LOADED[paths][0] == (stamp, tuple(classes)):
+        return _LOADED[paths][1]
+    items = read_queue(paths, classes)
+    _LOADED[paths] = ((stamp, tuple(classes)), items)
+    return items
+
+
+def read_queue(paths: Paths, classes) -> list[Item]:
     decided = labels.load(paths.corrections, classes).set_index("sha256")
     items = conflict_items(_read(paths.conflicts)) + issue_items(_read(paths.label_issues), classes)
     for item in items:
