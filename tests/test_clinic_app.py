@@ -205,3 +205,24 @@ def test_sign_out_ends_the_session(app):
     client = signed_in(app, "vic")
     assert client.post("/logout", data={"csrf": csrf(client, "/try")}).status_code == 303
     assert client.get("/try").status_code == 303
+
+
+def test_file_names_are_shown_only_when_the_settings_say_so(app):
+    import yaml
+
+    from clinic.app import create_app
+
+    root, _, TestClient = app
+    params = root / "params.yaml"
+    before = params.read_text()
+    settings = yaml.safe_load(before)
+    settings["clinic"]["show_file_names"] = True
+    params.write_text(yaml.safe_dump(settings))
+    try:
+        named = create_app(root)
+    finally:
+        params.write_text(before)
+    client = TestClient(named, follow_redirects=False)
+    token = re.search(r'name="token" value="([^"]+)"', client.get("/login").text).group(1)
+    client.post("/login", data={"name": "vic", "password": USERS["vic"][1], "token": token})
+    assert "patient 0042 copy.png" in client.get("/queue?status=all").text
