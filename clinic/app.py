@@ -242,8 +242,7 @@ def create_app(root: Path) -> FastAPI:
             after = " The waiting flow run was resumed." if resumed else ""
         except Exception as err:  # the decision stands; a paused run finds it when its wait ends
             after = f" (Prefect could not be reached to resume a waiting run: {str(err).splitlines()[0][:120]})"
-        return done("/approvals", f"v{version} {'approved' if approve else 'rejected'} by {user.name}: "
-                                  f"{event['reason']}.{after}")
+        return done("/approvals", f"v{version}: {event['reason']}.{after}")
 
     @app.post("/approvals/rollback")
     async def rollback(request: Request):

@@ -116,7 +116,7 @@ def test_a_clinician_resolves_a_conflict_and_approves_a_version(site, browser):
     shoot(page, "3-approvals")
     page.locator("#v2 button", has_text="Approve v2").click()
     page.wait_for_load_state()
-    assert "v2 approved by dr.ana" in page.inner_text(".flash") and "@champion v2" in page.inner_text("body")
+    assert "v2: approved by dr.ana" in page.inner_text(".flash") and "@champion v2" in page.inner_text("body")
     assert champion() == "2"
     shoot(page, "4-approved")
     assert refused == []
