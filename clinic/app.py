@@ -265,7 +265,7 @@ def create_app(root: Path) -> FastAPI:
         user = user_of(request)
         limit = int(settings.max_upload_mb * 1e6)
         try:
-            csrf, data = await upload_of(request, limit)
+            csrf, data = await photo.upload_of(request, limit)
             check_csrf(user, csrf)
             photo.check_size(len(data), limit)
             version, classifier = await run_in_threadpool(champion.get, client())
@@ -280,25 +280,3 @@ def create_app(root: Path) -> FastAPI:
 
     return app
 
-
-async def upload_of(request: Request, limit: int) -> tuple[str, bytes]:
-    """(csrf, file bytes) of the try-a-photo form, read in memory only (never spooled to disk) and
-    refused as soon as the body passes the limit."""
-    from python_multipart import create_form_parser
-
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit + 64_000:  # the form's other fields and boundaries fit in far less
-            raise photo.Refused(f"the file is over the {limit / 1e6:.0f} MB limit")
-    fields, files = {}, []
-    headers = {"Content-Type": request.headers.get("content-type", "")}
-    parser = create_form_parser(headers, lambda f: fields.update({f.field_name: f.value}), files.append,
-                                config={"MAX_MEMORY_FILE_SIZE": len(body) + 1})
-    try:
-        parser.write(bytes(body))
-        parser.finalize()
-    except Exception:
-        raise photo.Refused("the upload was not a form with a photo in it") from None
-    data = b"".join(f.file_object.getvalue() for f in files if f.field_name == b"photo")
-    return (fields.get(b"csrf") or b"").decode(), data

@@ -29,7 +29,7 @@ def check_size(size: int, max_bytes: int) -> None:
     if size == 0:
         raise Refused("the file is empty")
     if size > max_bytes:
-        raise Refused(f"the file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
+        raise Refused(f"the file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:g} MB")
 
 
 def try_photo(classifier: Classifier, data: bytes, max_pixels: int) -> dict:
@@ -47,3 +47,26 @@ def try_photo(classifier: Classifier, data: bytes, max_pixels: int) -> dict:
     buffer = io.BytesIO()
     blend(shown, cam).save(buffer, format="PNG", compress_level=1)
     return {**result, "overlay": base64.b64encode(buffer.getvalue()).decode()}
+
+
+async def upload_of(request, limit: int) -> tuple[str, bytes]:
+    """(csrf, file bytes) of the try-a-photo form, read in memory only (never spooled to disk) and
+    refused as soon as the body passes the limit."""
+    from python_multipart import create_form_parser
+
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit + 64_000:  # the form's other fields and boundaries fit in far less
+            raise Refused(f"the file is over the {limit / 1e6:g} MB limit")
+    fields, files = {}, []
+    headers = {"Content-Type": request.headers.get("content-type", "")}
+    parser = create_form_parser(headers, lambda f: fields.update({f.field_name: f.value}), files.append,
+                                config={"MAX_MEMORY_FILE_SIZE": len(body) + 1})
+    try:
+        parser.write(bytes(body))
+        parser.finalize()
+    except Exception:
+        raise Refused("the upload was not a form with a photo in it") from None
+    data = b"".join(f.file_object.getvalue() for f in files if f.field_name == b"photo")
+    return (fields.get(b"csrf") or b"").decode(), data
