@@ -19,7 +19,7 @@ export KERAS_HOME ?= $(CURDIR)/.keras
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT  := $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends
 
-.PHONY: install demo test test-deps bench stack stack-down start-fresh backup restore constraints
+.PHONY: install demo test test-deps bench stack stack-down start-fresh backup restore constraints app
 
 # exact versions from constraints.txt (the tested environment); pyproject.toml keeps the supported ranges
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -77,6 +77,10 @@ stack: install
 
 stack-down:
 	$(BIN)/python docker/stack.py down
+
+# the clinic's page on clinic.host:clinic.port (params.yaml); accounts: .venv/bin/python -m clinic users add NAME --role ROLE
+app: install
+	$(BIN)/python -m clinic serve
 
 # system packages the tests need: Debian's chromium for the real-browser tests (headless, no
 # download at run time) and Debian's PostgreSQL for the stack tests

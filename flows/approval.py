@@ -86,6 +86,39 @@ def request_approval(root: Path, registry: dict) -> str:
         answer = pause_flow_run(wait_for_input=form, timeout=params.approval_timeout_seconds, poll_interval=2)
     except FlowPauseTimeout:
         answer = None
+    if not awaiting(registry):  # answered meanwhile elsewhere (the clinic's page, the command line)
+        message = f"v{registry['version']} was decided outside this flow run; nothing more to do"
+        logger.info(message)
+        return message
     message = apply_answer(root, registry, answer)
     logger.info(message)
     return message
+
+
+def resume_waiting_run(root: Path, version: str, approve: bool, reviewer: str, note: str) -> str | None:
+    """Resume the flow run paused for `version`'s approval (its form names the version) with this answer, after
+    the answer was applied elsewhere (the clinic's page): the run then finds it decided and goes on. None when
+    no server is configured or no run waits for this version; the id of the resumed run otherwise."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+    from prefect.input.run_input import keyset_from_paused_state
+
+    from flows.prefect_api import server_settings
+
+    with server_settings(root):
+        if not server_available():
+            return None
+        with get_client(sync_client=True) as api:
+            paused = api.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+            for run in paused:
+                try:
+                    text = api.read_flow_run_input(run.id, keyset_from_paused_state(run.state)["description"])
+                except Exception:  # a pause without a form (not ours)
+                    continue
+                if f"v{version} to @champion?" in text:
+                    resume_flow_run(run.id, run_input={"approve": approve, "reviewer": reviewer, "note": note})
+                    return str(run.id)
+    return None

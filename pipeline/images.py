@@ -228,4 +228,10 @@ def resize_rgb(image: Image.Image | list, size: int) -> np.ndarray:
 
 def model_input(source: Path | bytes, size: int) -> np.ndarray:
     """One image as the model takes it: RGB, 0..255, resized as RESIZE_CONTRACT says."""
-    return resize_rgb(load_rgb(source, min_side=size), size)
+    return model_input_and_image(source, size)[0]
+
+
+def model_input_and_image(source: Path | bytes, size: int, max_pixels: int = 40_000_000) -> tuple[np.ndarray, Image.Image]:
+    """The model input and the decoded RGB image it was made from (a large JPEG at its DCT scale), from one decode."""
+    rgb = load_rgb(source, max_pixels, min_side=size)
+    return resize_rgb(rgb, size), rgb

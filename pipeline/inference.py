@@ -140,13 +140,14 @@ def classify(classifier: Classifier, items: list) -> list[dict]:
             results.append({"class": None, "probabilities": None, "refer": None, "refer_score": None,
                             "error": str(err)})
     probs = iter(classifier.predict(np.stack(arrays)) if arrays else [])
-    for i, result in enumerate(results):
-        if result is None:
-            p = next(probs)
-            refer, score = classifier.refer(p)
-            results[i] = {"class": classifier.classes[int(np.argmax(p))], "refer": refer, "refer_score": score,
-                          "probabilities": {c: float(v) for c, v in zip(classifier.classes, p)}, "error": None}
-    return results
+    return [answer(classifier, next(probs)) if result is None else result for result in results]
+
+
+def answer(classifier: Classifier, p) -> dict:
+    """One image's answer from its probabilities: the class, the refer decision and every probability."""
+    refer, score = classifier.refer(p)
+    return {"class": classifier.classes[int(np.argmax(p))], "refer": refer, "refer_score": score,
+            "probabilities": {c: float(v) for c, v in zip(classifier.classes, p)}, "error": None}
 
 
 try:

@@ -75,6 +75,19 @@ def append(path: Path, rows: list[dict]) -> int:
     return len(rows)
 
 
+def record(path: Path, rows: list[dict], classes) -> int:
+    """Append decisions and check the file still loads; on a bad row restore it and raise CorrectionsError.
+    The one writer of the corrections file (this module's commands and the clinic's page)."""
+    before = path.read_bytes() if path.is_file() else None
+    append(path, rows)
+    try:
+        load(path, classes)
+    except CorrectionsError:  # never leave a file the next run cannot read
+        path.write_bytes(before) if before is not None else path.unlink()
+        raise
+    return len(rows)
+
+
 def from_sheet(sheet: Path, who: str, today: str) -> list[dict]:
     """Filled `correct_label` cells of a review sheet (columns sha256, correct_label[, note])."""
     table = pd.read_csv(sheet, dtype=str, keep_default_na=False)
@@ -106,13 +119,9 @@ def main(argv: list[str] | None = None) -> None:
         rows = [{"sha256": args.sha256, "correct_label": args.label, "who": args.who, "when": today, "note": args.note}]
     else:
         rows = from_sheet(args.sheet, args.who, today)
-    classes = load_params(args.params).base.classes
-    before = args.file.read_bytes() if args.file.is_file() else None
-    append(args.file, rows)
     try:
-        load(args.file, classes)
-    except CorrectionsError as err:  # never leave a file the next run cannot read
-        args.file.write_bytes(before) if before is not None else args.file.unlink()
+        record(args.file, rows, load_params(args.params).base.classes)
+    except CorrectionsError as err:
         raise SystemExit(f"labels: {err}; nothing recorded") from None
     print(f"labels: recorded {len(rows)} decision(s) in {args.file}; the next run applies them")
 

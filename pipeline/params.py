@@ -170,6 +170,16 @@ class Flow:
 
 
 @dataclass(frozen=True)
+class Clinic:
+    host: str                       # the clinic's page (clinic/, `make app`): loopback only (no TLS here)
+    port: int
+    max_upload_mb: float            # "try a photo": larger uploads are refused before they are decoded
+    session_minutes: int            # a sign-in expires after this long
+    show_file_names: bool           # false: images are shown by their content ID (sha256 prefix), never by name
+    accounts: str                   # the accounts database (SQLite, mode 600), relative to the project root
+
+
+@dataclass(frozen=True)
 class Params:
     """Every section of params.yaml, checked."""
     base: Base
@@ -185,6 +195,7 @@ class Params:
     register: Register
     label_review: LabelReview
     flow: Flow
+    clinic: Clinic
 
 
 SECTIONS: dict[str, type] = typing.get_type_hints(Params)
@@ -195,6 +206,7 @@ RULES = ("superiority", "non_inferiority")
 GATES = ("point", "lower_bound")
 TRAIN_ON = ("local", "workers")
 ON_SHIFT = ("approve", "hold")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # metrics a non-inferiority test can bound with a stated error rate (linear in per-image correctness)
 LINEAR_METRICS = ("accuracy", "balanced_accuracy")
 
@@ -297,6 +309,7 @@ def check(p: Params) -> Params:
         raise ParamsError(f"label_review.folds is {p.label_review.folds}; allowed: 2 or more")
     _one_of(p.flow.train_on, TRAIN_ON, "flow.train_on")
     _check_shift(p.shift)
+    _check_clinic(p.clinic)
     _time_zone(p.flow.timezone, "flow.timezone")
     return p
 
@@ -320,6 +333,18 @@ def _check_shift(s: Shift) -> None:
     if min(s.min_new_images, s.min_group_images) < 2 or s.max_new < s.min_new_images or s.max_reference < 2:
         raise ParamsError("shift: min_new_images and min_group_images must be >= 2, max_new >= min_new_images "
                           "and max_reference >= 2")
+
+
+def _check_clinic(c: Clinic) -> None:
+    if c.host not in LOOPBACK:  # beyond loopback: TLS or no start, and this server has no TLS
+        raise ParamsError(f"clinic.host is {c.host!r}; allowed: {', '.join(LOOPBACK)} (beyond loopback put a "
+                          "TLS reverse proxy in front and keep the app on loopback)")
+    if not 0 < c.port < 65536:
+        raise ParamsError(f"clinic.port is {c.port}; allowed: 1..65535")
+    if c.max_upload_mb <= 0 or c.session_minutes <= 0:
+        raise ParamsError("clinic.max_upload_mb and clinic.session_minutes must be > 0")
+    if not c.accounts.strip():
+        raise ParamsError("clinic.accounts is empty; name a file (relative to the project root)")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -26,31 +27,62 @@ from pipeline.metrics import threshold_text
 from pipeline.tracking import tracking_uri
 
 
-def gradcam(model, x: np.ndarray, class_index: int) -> np.ndarray:
-    """Grad-CAM heat map (0..1, the size of the last feature map) for one preprocessed-free image."""
+_CAMS = weakref.WeakKeyDictionary()  # model -> its compiled Grad-CAM (built once: ~10x faster than eager)
+
+
+def _cam_function(model):
+    """One compiled pass of a model: the Grad-CAM map of a class (-1: the most probable) and the probabilities."""
     import keras
     import tensorflow as tf
 
-    features = model.get_layer("pool").input  # the base's last feature map, before pooling
-    probe = keras.Model(model.inputs, [features, model.output])
-    with tf.GradientTape() as tape:
-        fmap, probs = probe([x[None].astype("float32")], training=False)
-        score = probs[:, class_index]
-    grads = tape.gradient(score, fmap)[0]
-    weights = tf.reduce_mean(grads, axis=(0, 1))
-    cam = tf.nn.relu(tf.reduce_sum(fmap[0] * weights, axis=-1)).numpy()
-    return cam / cam.max() if cam.max() > 0 else cam
+    if model not in _CAMS:
+        probe = keras.Model(model.inputs, [model.get_layer("pool").input, model.output])  # the base's last map
+
+        @tf.function(reduce_retracing=True)
+        def cam_of(x, class_index):
+            with tf.GradientTape() as tape:
+                fmap, probs = probe(x, training=False)
+                index = tf.where(class_index < 0, tf.argmax(probs[0], output_type=tf.int32), class_index)
+                score = tf.gather(probs[0], index)
+            grads = tape.gradient(score, fmap)[0]
+            weights = tf.reduce_mean(grads, axis=(0, 1))
+            return tf.nn.relu(tf.reduce_sum(fmap[0] * weights, axis=-1)), probs[0]
+
+        _CAMS[model] = cam_of
+    return _CAMS[model]
 
 
-def overlay(image: Image.Image, cam: np.ndarray, out: Path) -> None:
+def _run_cam(model, x: np.ndarray, class_index: int) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow as tf
+
+    cam, probs = _cam_function(model)(tf.constant(x[None], tf.float32), tf.constant(class_index, tf.int32))
+    cam = cam.numpy()
+    return (cam / cam.max() if cam.max() > 0 else cam), probs.numpy()
+
+
+def gradcam(model, x: np.ndarray, class_index: int) -> np.ndarray:
+    """Grad-CAM heat map (0..1, the size of the last feature map) for one preprocessed-free image."""
+    return _run_cam(model, x, class_index)[0]
+
+
+def explain(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, Grad-CAM map of the most probable class) of one image, from one forward and backward pass."""
+    cam, probs = _run_cam(model, x, -1)
+    return probs, cam
+
+
+def blend(image: Image.Image, cam: np.ndarray) -> Image.Image:
     """The class-activation map in colour over an RGB image (any size: the map is stretched to it)."""
     import matplotlib
 
     heat = Image.fromarray(np.uint8(cam * 255)).resize(image.size, Image.Resampling.BILINEAR)
     colored = matplotlib.colormaps["jet"](np.asarray(heat) / 255.0)[..., :3]
-    blend = 0.6 * np.asarray(image) / 255.0 + 0.4 * colored
+    return Image.fromarray(np.uint8((0.6 * np.asarray(image) / 255.0 + 0.4 * colored) * 255))
+
+
+def overlay(image: Image.Image, cam: np.ndarray, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.uint8(blend * 255)).save(out)
+    blend(image, cam).save(out)
 
 
 def write_gradcams(classifier: Classifier, paths: list[Path], results: list[dict], out_dir: Path) -> None:
