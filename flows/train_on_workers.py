@@ -38,12 +38,17 @@ def stage_inputs(root: Path, stage: str) -> list[str]:
 
 
 def use_stack_remote(root: Path, timeout: float) -> None:
-    """This clone's DVC remote: the stack's bucket (keys come from the environment, never from git)."""
+    """This clone's DVC remote: the stack's bucket (keys from the environment or the env file, never from git)."""
     remote, s3 = endpoint("STACK_DVC_REMOTE", root), endpoint("STACK_S3_ENDPOINT", root)
     if not remote:
         raise StageFailed("no DVC remote for this worker: set STACK_DVC_REMOTE and STACK_S3_ENDPOINT (.stack/env)")
     dvc(root, "remote", "add", "--local", "-f", "-d", "stack", remote, timeout=timeout)
     dvc(root, "remote", "modify", "--local", "stack", "endpointurl", s3, timeout=timeout)
+    # the stack's `dvc` S3 identity and the CA of its TLS front (from the environment or the env file)
+    for option, name in (("access_key_id", "STACK_DVC_ACCESS_KEY_ID"), ("secret_access_key", "STACK_DVC_SECRET_ACCESS_KEY"),
+                         ("ssl_verify", "AWS_CA_BUNDLE")):
+        if endpoint(name, root):
+            dvc(root, "remote", "modify", "--local", "stack", option, endpoint(name, root), timeout=timeout)
 
 
 @flow(name="train", log_prints=True)
