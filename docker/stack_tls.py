@@ -57,8 +57,10 @@ def issue(d: Path, host: str) -> tuple[Path, Path]:
     tls = d / "tls"
     cert, key, csr = tls / "server.pem", tls / "server.key", tls / "server.csr"
     san = f"IP:{host}" if not any(c.isalpha() for c in host) else f"DNS:{host}"
-    ext = tls / "server.ext"
-    ext.write_text(f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n")
+    ext, wanted = tls / "server.ext", f"subjectAltName={san}\nextendedKeyUsage=serverAuth\n"
+    if cert.exists() and key.exists() and ext.exists() and ext.read_text() == wanted:
+        return cert, key  # issued by an earlier start for this host
+    ext.write_text(wanted)
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={host}", "-keyout", str(key), "-out", str(csr))
     key.chmod(0o600)
     openssl("x509", "-req", "-in", str(csr), "-CA", str(tls / "ca.pem"), "-CAkey", str(tls / "ca.key"),
