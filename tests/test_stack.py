@@ -99,13 +99,15 @@ def started_stack(tmp_path_factory, params: dict, **settings: str):
     yield from running_stack(project, **settings)
 
 
-def running_stack(project: Path, **settings: str):
-    """A stack in a fresh folder on free ports, pointed at `project` (as `make stack` there); stopped at the
-    end with every process checked gone."""
+def running_stack(project: Path, prepare=None, **settings: str):
+    """A stack in a fresh folder on free ports, pointed at `project` (as `make stack` there), after
+    `prepare(stack)` if given; stopped at the end with every process checked gone."""
     # PostgreSQL runs as the postgres user when we are root: its folder's parents must be searchable
     folder = Path(tempfile.mkdtemp(prefix="stack-"))
     folder.chmod(0o755)
     running = Stack(folder / "s", project, **settings)
+    if prepare:
+        prepare(running)
     start = time.time()
     running.run("up")
     running.first_start = time.time() - start
