@@ -7,6 +7,8 @@ import socket
 import sys
 from pathlib import Path
 
+MODEL = "remote-probe"  # not the pipeline's model: the worker test trains that one for real
+
 
 def anonymous(values: dict, ca: str) -> dict:
     """Requests without credentials (TLS verified), plain HTTP to the TLS ports, a client that does not
@@ -53,11 +55,11 @@ def as_pipeline(values: dict) -> dict:
         mlflow.log_param("host", socket.gethostname())
         mlflow.log_text("trained elsewhere", "model/weights.txt")
     client = mlflow.MlflowClient()
-    client.create_registered_model("oralscan-classifier")
-    versions = [client.create_model_version("oralscan-classifier", f"runs:/{run.info.run_id}/model", run.info.run_id).version
+    client.create_registered_model(MODEL)
+    versions = [client.create_model_version(MODEL, f"runs:/{run.info.run_id}/model", run.info.run_id).version
                 for _ in range(2)]
-    aliases.move_alias(client, "oralscan-classifier", "champion", versions[0], None, "worker", "champion", "first", "d1")
-    aliases.move_alias(client, "oralscan-classifier", "champion", versions[1], versions[0], "worker", "champion",
+    aliases.move_alias(client, MODEL, "champion", versions[0], None, "worker", "champion", "first", "d1")
+    aliases.move_alias(client, MODEL, "champion", versions[1], versions[0], "worker", "champion",
                        "better", "d2")
     s3 = boto3.client("s3", endpoint_url=values["STACK_S3_ENDPOINT"], region_name="us-east-1",
                       aws_access_key_id=values["STACK_DVC_ACCESS_KEY_ID"],
@@ -70,7 +72,7 @@ def as_pipeline(values: dict) -> dict:
 
     with server_settings():
         state = hello(return_state=True)
-    return {"run": run.info.run_id, "champion": client.get_registered_model("oralscan-classifier").aliases,
+    return {"run": run.info.run_id, "champion": client.get_registered_model(MODEL).aliases,
             "s3": s3.get_object(Bucket="dvc", Key="from-another-host")["Body"].read().decode(),
             "flow": state.type.value}
 

@@ -5,20 +5,26 @@ The test makes a network namespace joined to this host by a veth pair on address
 local CA), and from inside the namespace, as a worker on another machine would: without credentials every
 request to MLflow, Prefect and S3 is refused; plain HTTP to a TLS port fails; the viewer cannot move
 @champion and the history shows no move; with the pipeline's credentials an MLflow run, an S3 put and a
-Prefect flow run work; the release role rolls @champion back. (The worker side is the project's client
-code run in the namespace, tests/remote_client.py, not a Prefect worker training a model.)
+Prefect flow run work (the project's client code, tests/remote_client.py); the release role rolls
+@champion back; and a real Prefect worker in the namespace trains train@SmallCNN for the retrain flow
+run on this host, as tests/test_train_on_workers.py does on loopback.
 """
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY_STACK
+from tests.conftest import ROOT, SHARED, TINY_STACK
 from tests.test_stack import Stack, make_workspace, running_stack
+
+# one architecture, trained by the worker in the namespace (label_review, run by the parent, needs ImageNet features)
+REMOTE = {**TINY_STACK, "train": {**TINY_STACK["train"], "architectures": {"SmallCNN": {"weights": "none", "image_size": 32}}},
+          "flow": {"quiet_seconds": 0, "retries": 0, "retry_delay_seconds": 1, "train_on": "workers", "train_retries": 0}}
 
 pytestmark = pytest.mark.stack
 
@@ -59,9 +65,19 @@ def in_netns(ns: str, stack: Stack, *cmd: str, env: dict | None = None) -> subpr
 
 
 @pytest.fixture(scope="module")
+def keras_home(tmp_path_factory):
+    source = SHARED / "weights" / "keras"
+    if not source.is_dir():
+        pytest.skip(f"shared ImageNet weights not found at {source}")
+    home = tmp_path_factory.mktemp("keras")
+    shutil.copytree(source, home, dirs_exist_ok=True)
+    return home
+
+
+@pytest.fixture(scope="module")
 def remote(tmp_path_factory, netns):
     ns, host = netns
-    project = make_workspace(tmp_path_factory.mktemp("remote-ws") / "ws", tmp_path_factory.mktemp("params"), TINY_STACK)
+    project = make_workspace(tmp_path_factory.mktemp("remote-ws") / "ws", tmp_path_factory.mktemp("params"), REMOTE)
     yield from running_stack(project, prepare=lambda s: s.run("ca"), STACK_HOST=host)
 
 
@@ -94,7 +110,7 @@ def test_from_another_host_the_pipeline_works_the_viewer_cannot_move_champion_th
     assert seen["champion"] == {"champion": "2"} and seen["s3"] == "1" and seen["flow"] == "COMPLETED"
 
     def champion(*args: str, user: str = "pipeline") -> subprocess.CompletedProcess:
-        return in_netns(ns, remote, sys.executable, "-m", "pipeline.champion", *args,
+        return in_netns(ns, remote, sys.executable, "-m", "pipeline.champion", *args, "--name", "remote-probe",
                         env={"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": values[f"MLFLOW_{user.upper()}_PASSWORD"]})
 
     before = json.loads(champion("history", "--json").stdout)
@@ -105,3 +121,39 @@ def test_from_another_host_the_pipeline_works_the_viewer_cannot_move_champion_th
     assert done.returncode == 0 and "@champion v2 -> v1" in done.stdout, done.stdout + done.stderr
     after = json.loads(champion("history", "--json").stdout)
     assert len(after) == 3 and after[-1]["new"] == "1" and after[-1]["decision"] == "rollback"
+
+
+@pytest.mark.slow
+def test_a_worker_on_another_host_trains_over_tls(remote, netns, keras_home):
+    """A Prefect worker in the namespace, configured only from a copy of the env file, takes train@SmallCNN
+    from the retrain flow running on this host: dvc pull/push, MLflow logging and the Prefect API, all
+    over TLS with the pipeline's credentials."""
+    import httpx
+
+    from pipeline.endpoints import read_env_file
+
+    values, folder = read_env_file(remote.dir / "env"), remote.dir.parent / "remote-worker"
+    folder.mkdir()
+    bin_dir = Path(sys.executable).parent
+    env = {**values, "PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin", "HOME": str(folder), "PREFECT_HOME": str(folder / "prefect"),
+           "KERAS_HOME": str(keras_home), "WORKER_NAME": "other-host", "TF_CPP_MIN_LOG_LEVEL": "2", "DO_NOT_TRACK": "true",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+    worker = subprocess.Popen(["ip", "netns", "exec", netns[0], str(bin_dir / "prefect"), "worker", "start", "--pool",
+                               values["STACK_WORK_POOL"], "--name", "other-host", "--limit", "1"],
+                              cwd=folder, env=env, stdout=open(folder / "worker.log", "wb"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        parent = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")}
+        parent.update(STACK_DIR=str(remote.dir), KERAS_HOME=str(keras_home), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        done = subprocess.run([sys.executable, "-m", "flows.retrain", "--workspace", str(remote.project)],
+                              cwd=remote.project, env=parent, capture_output=True, text=True, timeout=1500)
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out[-5000:] + (folder / "worker.log").read_text(errors="replace")[-3000:]
+        assert "Stage 'train@SmallCNN' is cached - skipping run" in out, out[-5000:]  # trained by the worker
+        api, auth = values["PREFECT_API_URL"], remote.prefect_auth()
+        runs = httpx.post(f"{api}/flow_runs/filter", json={}, auth=auth, verify=values["REQUESTS_CA_BUNDLE"]).json()
+        assert [(r["name"], r["state_type"]) for r in runs if r["name"].startswith("train@")] == [
+            ("train@SmallCNN on other-host", "COMPLETED")]
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
