@@ -44,11 +44,13 @@ def use_stack_remote(root: Path, timeout: float) -> None:
         raise StageFailed("no DVC remote for this worker: set STACK_DVC_REMOTE and STACK_S3_ENDPOINT (.stack/env)")
     dvc(root, "remote", "add", "--local", "-f", "-d", "stack", remote, timeout=timeout)
     dvc(root, "remote", "modify", "--local", "stack", "endpointurl", s3, timeout=timeout)
-    # the stack's `dvc` S3 identity and the CA of its TLS front (from the environment or the env file)
-    for option, name in (("access_key_id", "STACK_DVC_ACCESS_KEY_ID"), ("secret_access_key", "STACK_DVC_SECRET_ACCESS_KEY"),
-                         ("ssl_verify", "AWS_CA_BUNDLE")):
-        if endpoint(name, root):
-            dvc(root, "remote", "modify", "--local", "stack", option, endpoint(name, root), timeout=timeout)
+    if endpoint("AWS_CA_BUNDLE", root):  # the CA of the stack's TLS front
+        dvc(root, "remote", "modify", "--local", "stack", "ssl_verify", endpoint("AWS_CA_BUNDLE", root), timeout=timeout)
+    # the stack's `dvc` S3 identity, for the dvc commands this process starts: through their environment,
+    # never a command line (a failed command's line goes into the flow's log)
+    for name, key in (("AWS_ACCESS_KEY_ID", "STACK_DVC_ACCESS_KEY_ID"), ("AWS_SECRET_ACCESS_KEY", "STACK_DVC_SECRET_ACCESS_KEY")):
+        if endpoint(key, root) and not os.environ.get(name):
+            os.environ[name] = endpoint(key, root)
 
 
 @flow(name="train", log_prints=True)

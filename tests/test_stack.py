@@ -269,7 +269,7 @@ def test_postgres_starts_for_root_in_a_mode_700_folder_and_restarts_from_the_lin
 SECRET_NAMES = ("PASSWORD", "SECRET_ACCESS_KEY", "AUTH_STRING", "SECRET_KEY")
 
 
-def leaks(stack) -> list[str]:
+def leaks(stack, extra: dict[str, str] | None = None) -> list[str]:
     """Where a secret of the stack shows up: its logs, its servers' command lines (`ps` shows them to every
     user), the MLflow and Prefect databases (runs' params and tags, flow runs, logs). Each place names the
     secret, never its value."""
@@ -277,7 +277,7 @@ def leaks(stack) -> list[str]:
 
     values = {k: v for k, v in stack.values().items() if k.endswith(SECRET_NAMES) and len(v) >= 8}
     values["the Prefect password"] = values["PREFECT_AUTH_STRING"].split(":", 1)[1]
-    places = {f"log {p.name}": p.read_text(errors="replace") for p in (stack.dir / "log").glob("*")}
+    places = {f"log {p.name}": p.read_text(errors="replace") for p in (stack.dir / "log").glob("*")} | (extra or {})
     places.update({f"the command line of {p.pid}": " ".join(p.cmdline()) for p in stack.processes()
                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE})
     sh_env = {"PGPASSWORD": values["POSTGRES_PASSWORD"]}

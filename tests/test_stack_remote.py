@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, SHARED, TINY_STACK
-from tests.test_stack import Stack, make_workspace, running_stack
+from tests.test_stack import Stack, leaks, make_workspace, running_stack
 
 # one architecture, trained by the worker in the namespace (label_review, run by the parent, needs ImageNet features)
 REMOTE = {**TINY_STACK, "train": {**TINY_STACK["train"], "architectures": {"SmallCNN": {"weights": "none", "image_size": 32}}},
@@ -154,6 +154,9 @@ def test_a_worker_on_another_host_trains_over_tls(remote, netns, keras_home):
         runs = httpx.post(f"{api}/flow_runs/filter", json={}, auth=auth, verify=values["REQUESTS_CA_BUNDLE"]).json()
         assert [(r["name"], r["state_type"]) for r in runs if r["name"].startswith("train@")] == [
             ("train@SmallCNN on other-host", "COMPLETED")]
+        # no secret in the flow runs' logs, the worker's log, the databases or the servers' command lines
+        assert leaks(remote, {"the worker's log": (folder / "worker.log").read_text(errors="replace"),
+                              "the retrain flow's output": out}) == []
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
