@@ -83,10 +83,11 @@ app: install
 	$(BIN)/python -m clinic serve
 
 # system packages the tests need: Debian's chromium for the real-browser tests (headless, no
-# download at run time) and Debian's PostgreSQL for the stack tests
+# download at run time), Debian's PostgreSQL for the stack tests and nginx for the stack's TLS front
 test-deps:
 	@command -v chromium >/dev/null || { $(APT) chromium >/dev/null; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(APT) postgresql >/dev/null; }
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { $(APT) nginx-light >/dev/null; }
 
 # two pytest processes, whole modules each: most of a test's time is waiting on servers and stage
 # subprocesses, so two side by side use the cores that one leaves idle more than half the time

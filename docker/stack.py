@@ -3,6 +3,7 @@
     python docker/stack.py up       # `make stack`: start or resume everything, write $STACK_DIR/env
     python docker/stack.py down     # `make stack-down`: stop every process `up` started
     python docker/stack.py status
+    python docker/stack.py ca       # a local CA for a trial beyond loopback (docker/stack_tls.py)
 
 Settings: docker/stack.env (shared with docker-compose.yml), each overridable by an environment
 variable of the same name. Every byte of data lives under STACK_DIR (default .stack/): the
@@ -11,27 +12,33 @@ runs as the postgres user; when that user cannot reach STACK_DIR (root's home is
 lives in /var/lib/oralscan-stack/<hash of STACK_DIR> (or STACK_PG_DIR) and $STACK_DIR/postgres links to it. Clients read
 $STACK_DIR/env (MLFLOW_TRACKING_URI, PREFECT_API_URL, the DVC remote); the DVC remote's keys go
 to .dvc/config.local, never committed. $STACK_DIR/settings records the settings it runs with
-(overrides included) for `make backup` / `make restore`. All services listen on STACK_HOST (default 127.0.0.1) only.
+(overrides included) for `make backup` / `make restore`. All services listen on STACK_HOST (default 127.0.0.1) only;
+beyond loopback only behind TLS (docker/stack_tls.py). Every service asks who you are: the accounts
+and where their secrets live are in docker/stack_auth.py.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import os
-import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from pipeline.endpoints import read_env_file  # the one reader of KEY=VALUE files (needs `pip install -e .`)
-from pipeline.telemetry import SETTINGS as TELEMETRY_OFF  # every server and worker: nothing calls home
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the launcher's sibling modules, also when it is loaded from a file path
+import stack_auth  # noqa: E402
+import stack_tls  # noqa: E402
+from stack_proc import pid_of, stop_group  # noqa: E402
+from stack_servers import (client_values, mlflow_env, postgres_url, prefect_env, s3_client,  # noqa: E402,F401
+                           start_mlflow, start_prefect, start_s3, start_tls_front)
+from stack_tls import inner_host  # noqa: E402
 BIN = Path(sys.executable).parent
-DAEMONS = ("s3", "mlflow", "prefect")  # started in their own session: stopping the group stops their children
+DAEMONS = ("s3", "mlflow", "prefect", "nginx")  # started in their own session: stopping the group stops their children
 # PostgreSQL's data when the postgres user cannot reach STACK_DIR (root's home is mode 700): one folder per stack
 PG_HOME = Path("/var/lib/oralscan-stack")
 
@@ -44,15 +51,8 @@ def settings() -> dict[str, str]:
 
 
 def stack_secrets(d: Path) -> dict[str, str]:
-    """The stack's passwords and S3 keys: generated once (mode 600), S3 keys taken from the environment if set."""
-    path = d / "secrets"
-    if not path.exists():
-        fresh = {"POSTGRES_PASSWORD": secrets.token_hex(16),
-                 "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "stack-" + secrets.token_hex(6)),
-                 "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", secrets.token_hex(20))}
-        path.touch(mode=0o600)
-        path.write_text("".join(f"{k}={v}\n" for k, v in fresh.items()))
-    return read_env_file(path)
+    """The stack's passwords and keys: generated once (mode 600), S3 admin keys from the environment if set."""
+    return stack_auth.stack_secrets(d, read_env_file)
 
 
 def pg_tool(name: str) -> str:
@@ -130,11 +130,23 @@ def start_postgres(s: dict, d: Path, sec: dict) -> None:
             pwfile.unlink()
     if link.is_symlink():
         print(f"PostgreSQL's data: {data}, outside the stack's folder ({link} links to it)")
+    write_pg_hba(data)
     if not pg_running(data):
-        options = f"-h {s['STACK_HOST']} -p {s['STACK_POSTGRES_PORT']} -c unix_socket_directories=''"
+        options = f"-h {inner_host(s)} -p {s['STACK_POSTGRES_PORT']} -c unix_socket_directories=''"
         as_postgres([pg_tool("pg_ctl"), "start", "-w", "-t", "60", "-D", str(data), "-l", str(data / "server.log"),
                      "-o", options])
     create_databases(s, sec)
+
+
+def write_pg_hba(data: Path) -> None:
+    """Passwords only (scram-sha-256), over TCP from this host: no trust, no peer, no socket (clusters made
+    by an older launcher are brought to the same rules)."""
+    hba = data / "pg_hba.conf"
+    hba.write_text("# written by docker/stack.py on every start: password (scram-sha-256) only, TCP from this host\n"
+                   "host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n")
+    if os.geteuid() == 0:
+        shutil.chown(hba, "postgres", "postgres")
+    hba.chmod(0o600)
 
 
 def pg_running(data: Path) -> bool:
@@ -144,200 +156,42 @@ def pg_running(data: Path) -> bool:
     return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
-def postgres_url(s: dict, sec: dict, db: str, driver: str = "postgresql") -> str:
-    user, host = f"{s['STACK_POSTGRES_USER']}:{sec['POSTGRES_PASSWORD']}", f"{s['STACK_HOST']}:{s['STACK_POSTGRES_PORT']}"
-    return f"{driver}://{user}@{host}/{db}"
-
-
 def create_databases(s: dict, sec: dict) -> None:
     import psycopg2
 
     conn = psycopg2.connect(postgres_url(s, sec, "postgres"))
     conn.autocommit = True
     with conn.cursor() as cur:
-        for db in (s["STACK_MLFLOW_DB"], s["STACK_PREFECT_DB"]):
+        for db in (s["STACK_MLFLOW_DB"], s["STACK_MLFLOW_AUTH_DB"], s["STACK_PREFECT_DB"]):
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
             if cur.fetchone() is None:
                 cur.execute(f'CREATE DATABASE "{db}"')
     conn.close()
 
 
-def pid_of(d: Path, name: str) -> int | None:
-    path = d / "run" / f"{name}.pid"
-    if not path.exists():
-        return None
-    import psutil
-
-    pid = int(path.read_text())
-    try:  # a server that exited stays a zombie until its parent (maybe this process) reaps it
-        return pid if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE else None
-    except psutil.NoSuchProcess:
-        return None
-
-
-def start_daemon(d: Path, name: str, cmd: list[str], env: dict, cwd: Path | None = None) -> bool:
-    """Start a server in its own session (so its children are stopped with it); False when already running."""
-    if pid_of(d, name):
-        return False
-    (d / "run").mkdir(exist_ok=True)
-    (d / "log").mkdir(exist_ok=True)
-    with open(d / "log" / f"{name}.log", "ab") as log:
-        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd or d)
-    (d / "run" / f"{name}.pid").write_text(str(proc.pid))
-    return True
-
-
-def wait_for(url: str, seconds: int, name: str, d: Path) -> None:
-    import httpx
-
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        if not pid_of(d, name):
-            break
-        time.sleep(0.5)
-    log = (d / "log" / f"{name}.log").read_text(errors="replace")[-3000:]
-    sys.exit(f"{name} did not answer at {url} within {seconds} s; the end of {d / 'log' / name}.log:\n{log}")
-
-
-def start_s3(s: dict, d: Path, sec: dict) -> None:
-    port = int(s["STACK_S3_PORT"])
-    (d / "s3").mkdir(exist_ok=True)
-    host = s["STACK_HOST"]
-    cmd = [str(BIN / "weed"), "mini", f"-dir={d / 's3'}", f"-ip={host}", f"-ip.bind={host}", f"-s3.port={port}",
-           f"-master.port={port + 1}", f"-volume.port={port + 2}", f"-filer.port={port + 3}",
-           f"-admin.port={port + 4}", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-           "-master.telemetry=false", f"-bucket={s['STACK_MLFLOW_BUCKET']},{s['STACK_DVC_BUCKET']}"]
-    keys = {k: sec[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    start_daemon(d, "s3", cmd, keys)
-    wait_for(f"http://{host}:{port}/", 120, "s3", d)
-    wait_for_buckets(s, sec, d)
-
-
-def s3_client(s: dict, sec: dict):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=f"http://{s['STACK_HOST']}:{s['STACK_S3_PORT']}", region_name="us-east-1",
-                        aws_access_key_id=sec["AWS_ACCESS_KEY_ID"], aws_secret_access_key=sec["AWS_SECRET_ACCESS_KEY"])
-
-
-def wait_for_buckets(s: dict, sec: dict, d: Path, seconds: int = 60) -> None:
-    """weed mini answers HTTP before its filer is ready: wait until both buckets are listed."""
-    wanted = {s["STACK_MLFLOW_BUCKET"], s["STACK_DVC_BUCKET"]}
-    client, deadline = s3_client(s, sec), time.time() + seconds
-    while time.time() < deadline:
-        try:
-            if wanted <= {b["Name"] for b in client.list_buckets()["Buckets"]}:
-                return
-        except Exception:  # not ready yet
-            pass
-        time.sleep(1)
-    sys.exit(f"the S3 store never listed the buckets {sorted(wanted)}; see {d / 'log' / 's3.log'}")
-
-
-def mlflow_env(s: dict, sec: dict) -> dict:
-    # job execution (huey consumers) serves GenAI features this project does not use
-    return {**TELEMETRY_OFF, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PATH": f"{BIN}:{os.environ['PATH']}",
-            "MLFLOW_S3_ENDPOINT_URL": f"http://{s['STACK_HOST']}:{s['STACK_S3_PORT']}",
-            **{k: sec[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}
-
-
-def start_mlflow(s: dict, d: Path, sec: dict) -> None:
-    port = s["STACK_MLFLOW_PORT"]
-    cmd = [str(BIN / "mlflow"), "server", "--host", s["STACK_HOST"], "--port", port,
-           "--workers", s["STACK_MLFLOW_WORKERS"],
-           "--backend-store-uri", postgres_url(s, sec, s["STACK_MLFLOW_DB"], "postgresql+psycopg2"),
-           "--artifacts-destination", f"s3://{s['STACK_MLFLOW_BUCKET']}", "--serve-artifacts"]
-    start_daemon(d, "mlflow", cmd, mlflow_env(s, sec))
-    wait_for(f"http://{s['STACK_HOST']}:{port}/health", 240, "mlflow", d)
-
-
-def prefect_env(s: dict, d: Path) -> dict:
-    return {"PREFECT_API_URL": f"http://{s['STACK_HOST']}:{s['STACK_PREFECT_PORT']}/api",
-            "PREFECT_HOME": str(d / "prefect"),
-            **TELEMETRY_OFF, "PATH": f"{BIN}:{os.environ['PATH']}"}
-
-
-def start_prefect(s: dict, d: Path, sec: dict) -> None:
-    port = s["STACK_PREFECT_PORT"]
-    env = {**prefect_env(s, d), "PREFECT_SERVER_API_HOST": s["STACK_HOST"], "PREFECT_SERVER_API_PORT": port,
-           "PREFECT_API_DATABASE_CONNECTION_URL": postgres_url(s, sec, s["STACK_PREFECT_DB"], "postgresql+asyncpg")}
-    cmd = [str(BIN / "prefect"), "server", "start", "--host", s["STACK_HOST"], "--port", port]
-    start_daemon(d, "prefect", cmd, env)
-    wait_for(f"http://{s['STACK_HOST']}:{port}/api/health", 240, "prefect", d)
-    pool = s["STACK_WORK_POOL"]
-    env = {**os.environ, **prefect_env(s, d)}
-    if subprocess.run([str(BIN / "prefect"), "work-pool", "inspect", pool], env=env, capture_output=True).returncode:
-        subprocess.run([str(BIN / "prefect"), "work-pool", "create", pool, "--type", "process"], env=env,
-                       capture_output=True, check=True)
-    crash_silent_runs(s)
-    for i in range(int(s["STACK_WORKERS"])):
-        start_worker(s, d, sec, f"worker-{i}")
-
-
-def client_values(s: dict) -> dict:
-    """What every client needs to find the stack: the contents of $STACK_DIR/env."""
-    return {"MLFLOW_TRACKING_URI": f"http://{s['STACK_HOST']}:{s['STACK_MLFLOW_PORT']}",
-            "PREFECT_API_URL": f"http://{s['STACK_HOST']}:{s['STACK_PREFECT_PORT']}/api",
-            "STACK_DVC_REMOTE": f"s3://{s['STACK_DVC_BUCKET']}/",
-            "STACK_S3_ENDPOINT": f"http://{s['STACK_HOST']}:{s['STACK_S3_PORT']}",
-            "STACK_WORK_POOL": s["STACK_WORK_POOL"]}
-
-
-def start_worker(s: dict, d: Path, sec: dict, name: str) -> None:
-    """A Prefect worker taking one flow run at a time; each run clones the code into its own folder.
-    It holds the S3 keys (for `dvc pull/push`); heartbeats let the server notice when it dies."""
-    folder, label = d / "workers" / name, f"{os.uname().nodename}-{name}"
-    folder.mkdir(parents=True, exist_ok=True)
-    env = {**prefect_env(s, d), **client_values(s), "WORKER_NAME": label, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
-           "TF_CPP_MIN_LOG_LEVEL": "2", **{k: sec[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}}
-    cmd = [str(BIN / "prefect"), "worker", "start", "--pool", s["STACK_WORK_POOL"], "--name", label, "--limit", "1"]
-    if start_daemon(d, name, cmd, env, cwd=folder):
-        print(f"worker {name} started (folder {folder})")
-
-
-def crash_silent_runs(s: dict) -> None:
-    """A Prefect automation: a flow run whose heartbeats stop for 90 s (its worker died) is marked Crashed."""
-    import httpx
-
-    api = f"http://{s['STACK_HOST']}:{s['STACK_PREFECT_PORT']}/api"
-    name = "crash flow runs whose worker died"
-    if any(a["name"] == name for a in httpx.post(f"{api}/automations/filter", json={}).json()):
-        return
-    ends = [f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")]
-    automation = {"name": name, "enabled": True,
-                  "trigger": {"type": "event", "posture": "Proactive", "after": ["prefect.flow-run.heartbeat"],
-                              "expect": ["prefect.flow-run.heartbeat", *ends],
-                              "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
-                              "for_each": ["prefect.resource.id"], "threshold": 1, "within": 90},
-                  "actions": [{"type": "change-flow-run-state", "state": "CRASHED",
-                               "message": "no heartbeat for 90 s: the worker running it died"}]}
-    httpx.post(f"{api}/automations/", json=automation).raise_for_status()
-
-
-def configure_dvc(s: dict, sec: dict, root: Path) -> None:
-    """The project's DVC remote becomes the stack's bucket, in .dvc/config.local (keys included, never committed)."""
+def configure_dvc(s: dict, d: Path, sec: dict, root: Path) -> None:
+    """The project's DVC remote becomes the stack's bucket, in .dvc/config.local (the `dvc` identity's keys,
+    never committed; the CA to verify the TLS front with, beyond loopback)."""
     if not (root / ".dvc").is_dir():
         return
-    dvc = [str(BIN / "dvc"), "remote"]
-    steps = [["add", "--local", "-f", "stack", f"s3://{s['STACK_DVC_BUCKET']}/"],
-             ["modify", "--local", "stack", "endpointurl", f"http://{s['STACK_HOST']}:{s['STACK_S3_PORT']}"],
-             ["modify", "--local", "stack", "access_key_id", sec["AWS_ACCESS_KEY_ID"]],
-             ["modify", "--local", "stack", "secret_access_key", sec["AWS_SECRET_ACCESS_KEY"]],
+    dvc, values = [str(BIN / "dvc"), "remote"], client_values(s, d, sec)
+    steps = [["add", "--local", "-f", "stack", values["STACK_DVC_REMOTE"]],
+             ["modify", "--local", "stack", "endpointurl", values["STACK_S3_ENDPOINT"]],
+             ["modify", "--local", "stack", "access_key_id", values["STACK_DVC_ACCESS_KEY_ID"]],
+             ["modify", "--local", "stack", "secret_access_key", values["STACK_DVC_SECRET_ACCESS_KEY"]],
              ["default", "--local", "stack"]]
+    if values.get("AWS_CA_BUNDLE"):
+        steps.insert(-1, ["modify", "--local", "stack", "ssl_verify", values["AWS_CA_BUNDLE"]])
     for step in steps:
         subprocess.run(dvc + step, cwd=root, check=True, capture_output=True)
 
 
-def write_env(s: dict, d: Path) -> Path:
+def write_env(s: dict, d: Path, sec: dict) -> Path:
+    """$STACK_DIR/env, mode 600: it holds the pipeline account's credentials."""
     path = d / "env"
-    path.write_text("# written by `make stack` (docker/stack.py); removed by `make stack-down`\n"
-                    + "".join(f"{k}={v}\n" for k, v in client_values(s).items()))
+    stack_auth.write_private(path, "# written by `make stack` (docker/stack.py); removed by `make stack-down`; "
+                             "holds the pipeline's credentials: keep it mode 600\n"
+                             + "".join(f"{k}={v}\n" for k, v in client_values(s, d, sec).items()))
     return path
 
 
@@ -345,50 +199,21 @@ def up(root: Path) -> None:
     s, start = settings(), time.time()
     d = Path(s["STACK_DIR"])
     d.mkdir(parents=True, exist_ok=True)
+    stack_tls.tls_files(s, d)  # beyond loopback: TLS or no start, before anything runs
     sec = stack_secrets(d)
     start_postgres(s, d, sec)
     start_s3(s, d, sec)
     start_mlflow(s, d, sec)
     start_prefect(s, d, sec)
-    configure_dvc(s, sec, root)
-    env = write_env(s, d)
+    start_tls_front(s, d)
+    configure_dvc(s, d, sec, root)
+    env = write_env(s, d, sec)
     # the settings this stack runs with (environment overrides included), for tools that reach it later
     # without those overrides (pipeline/backup_stack.py: pg_dump, pg_restore, the buckets)
     (d / "settings").write_text("".join(f"{k}={v}\n" for k, v in s.items() if k.startswith("STACK_")))
     print(f"stack up in {time.time() - start:.0f} s; clients read {env}:")
-    print(env.read_text().split("\n", 1)[1], end="")
-
-
-def stop_group(d: Path, name: str, seconds: int = 30) -> None:
-    """SIGTERM the process group, SIGKILL whatever is left after `seconds`."""
-    pid = pid_of(d, name)
-    if pid:
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.time() + seconds
-        while time.time() < deadline and group_alive(pid):
-            time.sleep(0.3)
-        if group_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-    (d / "run" / f"{name}.pid").unlink(missing_ok=True)
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    # a killed leader stays a zombie until reaped; it was started by an earlier `up`, so it is init's to reap
-    import psutil
-
-    return any(p.info["status"] != psutil.STATUS_ZOMBIE for p in psutil.process_iter(["status"])
-               if _pgid(p.pid) == pgid)
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
+    shown = {k: v for k, v in read_env_file(env).items() if not k.endswith(("PASSWORD", "AUTH_STRING", "SECRET_ACCESS_KEY"))}
+    print("".join(f"{k}={v}\n" for k, v in shown.items()), end="")  # the addresses; the credentials stay in the file
 
 
 def down(root: Path) -> None:
@@ -420,11 +245,13 @@ def status() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "ca"])
     parser.add_argument("--project", type=Path, default=Path("."), help="the DVC project to point at the stack")
     args = parser.parse_args(argv)
     if args.action == "status":
         status()
+    elif args.action == "ca":
+        print(f"local CA: {stack_tls.make_ca(Path(settings()['STACK_DIR']))} (for trials; a hospital sets STACK_TLS_CERT/KEY)")
     else:
         (up if args.action == "up" else down)(args.project.resolve())
 

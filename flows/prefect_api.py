@@ -13,11 +13,19 @@ from pipeline.endpoints import endpoint
 
 
 def server_settings(root: Path | None = None):
-    """A context with PREFECT_API_URL from the environment or the running stack; no server otherwise."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """A context with PREFECT_API_URL from the environment or the running stack, with the stack's
+    API auth string and the CA its TLS front is verified with; no server otherwise."""
+    from prefect.settings import (PREFECT_API_AUTH_STRING, PREFECT_API_SSL_CERT_FILE, PREFECT_API_URL,
+                                  temporary_settings)
 
     url = endpoint("PREFECT_API_URL", root)
-    return temporary_settings({PREFECT_API_URL: url}) if url else nullcontext()
+    if not url:
+        return nullcontext()
+    values = {PREFECT_API_URL: url}
+    for setting in (PREFECT_API_AUTH_STRING, PREFECT_API_SSL_CERT_FILE):
+        if endpoint(setting.name, root):
+            values[setting] = endpoint(setting.name, root)
+    return temporary_settings(values)
 
 
 def server_available() -> bool:

@@ -38,12 +38,19 @@ def stage_inputs(root: Path, stage: str) -> list[str]:
 
 
 def use_stack_remote(root: Path, timeout: float) -> None:
-    """This clone's DVC remote: the stack's bucket (keys come from the environment, never from git)."""
+    """This clone's DVC remote: the stack's bucket (keys from the environment or the env file, never from git)."""
     remote, s3 = endpoint("STACK_DVC_REMOTE", root), endpoint("STACK_S3_ENDPOINT", root)
     if not remote:
         raise StageFailed("no DVC remote for this worker: set STACK_DVC_REMOTE and STACK_S3_ENDPOINT (.stack/env)")
     dvc(root, "remote", "add", "--local", "-f", "-d", "stack", remote, timeout=timeout)
     dvc(root, "remote", "modify", "--local", "stack", "endpointurl", s3, timeout=timeout)
+    if endpoint("AWS_CA_BUNDLE", root):  # the CA of the stack's TLS front
+        dvc(root, "remote", "modify", "--local", "stack", "ssl_verify", endpoint("AWS_CA_BUNDLE", root), timeout=timeout)
+    # the stack's `dvc` S3 identity, for the dvc commands this process starts: through their environment,
+    # never a command line (a failed command's line goes into the flow's log)
+    for name, key in (("AWS_ACCESS_KEY_ID", "STACK_DVC_ACCESS_KEY_ID"), ("AWS_SECRET_ACCESS_KEY", "STACK_DVC_SECRET_ACCESS_KEY")):
+        if endpoint(key, root) and not os.environ.get(name):
+            os.environ[name] = endpoint(key, root)
 
 
 @flow(name="train", log_prints=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import project
-from pipeline.endpoints import endpoint
+from pipeline.endpoints import endpoint, use_credentials
 
 # the kind makes the MLflow 3 UI open the experiment on its training runs, not on GenAI traces
 KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -29,6 +29,8 @@ def tracking_uri(root: Path | None = None) -> str:
     import mlflow
 
     uri = endpoint("MLFLOW_TRACKING_URI", root, None) or default_uri(root)
+    if not uri.startswith("sqlite:"):
+        use_credentials(root)  # the stack's MLflow asks who you are (its basic-auth app)
     mlflow.set_tracking_uri(uri)
     return uri
 

@@ -177,10 +177,11 @@ def stack_for(project: Path):
     return contextmanager(running_stack)(project)
 
 
-def flow_names(api: str) -> set[str]:
+def flow_names(stack) -> set[str]:
     import httpx
 
-    return {f["name"] for f in httpx.post(f"{api}/flows/filter", json={}).json()}
+    api = stack.values()["PREFECT_API_URL"]
+    return {f["name"] for f in httpx.post(f"{api}/flows/filter", json={}, auth=stack.prefect_auth()).json()}
 
 
 @pytest.mark.stack
@@ -204,10 +205,10 @@ def test_stack_backup_restores_into_a_fresh_stack(tmp_path_factory):
         (root / "data" / "splits" / "ledger.csv").write_text("sha256,split\nab12,test\n")
         registry_with_three_decisions(root, env)
         probe = "from prefect import flow\n@flow(name='nightly-probe')\ndef probe():\n    return 1\nprobe()\n"
-        sh(root, sys.executable, "-c", probe, env={"PREFECT_API_URL": first.values()["PREFECT_API_URL"]})
+        sh(root, sys.executable, "-c", probe, env={k: first.values()[k] for k in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")})
         uri = first.values()["MLFLOW_TRACKING_URI"]
         before = {"registry": registry_state(uri, tmp / "dl-before"), "ledger": (root / "data" / "splits" / "ledger.csv").read_bytes(),
-                  "flows": flow_names(first.values()["PREFECT_API_URL"])}
+                  "flows": flow_names(first)}
         done = sh(root, sys.executable, "-m", "pipeline.backup", "create", "--to", str(tmp / "backups"), env=env)
         print(done.stdout)
     (folder,) = (tmp / "backups").iterdir()
@@ -225,7 +226,7 @@ def test_stack_backup_restores_into_a_fresh_stack(tmp_path_factory):
         print(done.stdout)
         values = second.values()
         assert registry_state(values["MLFLOW_TRACKING_URI"], tmp / "dl-after") == before["registry"]
-        assert before["flows"] <= flow_names(values["PREFECT_API_URL"]) and "nightly-probe" in before["flows"]
+        assert before["flows"] <= flow_names(second) and "nightly-probe" in before["flows"]
         assert (clone / "data" / "splits" / "ledger.csv").read_bytes() == before["ledger"]
         for commit_id, digest in versions:
             sh(clone, "git", "checkout", "-q", commit_id, "--", "data/raw.dvc")

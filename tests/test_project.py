@@ -66,6 +66,30 @@ def test_the_stacks_env_file_is_found_from_any_folder(project):
     assert endpoint("MLFLOW_TRACKING_URI") == "http://127.0.0.1:15000"
 
 
+def test_the_stacks_sign_in_reaches_mlflow_unless_a_person_set_their_own(project, monkeypatch):
+    """tracking_uri() puts the env file's pipeline account into the environment MLflow reads; a release
+    manager's own account, set in the environment, wins; the SQLite store takes none."""
+    import os
+
+    from pipeline import tracking
+
+    (project / ".stack").mkdir()
+    (project / ".stack" / "env").write_text("MLFLOW_TRACKING_URI=https://10.0.0.5:15000\nMLFLOW_TRACKING_USERNAME=pipeline\n"
+                                            "MLFLOW_TRACKING_PASSWORD=pw\nMLFLOW_TRACKING_SERVER_CERT_PATH=/ca.pem\n")
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        monkeypatch.setenv(name, "")  # recorded, so that what tracking_uri() sets is undone after the test
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "release")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "rpw")
+    assert tracking.tracking_uri() == "https://10.0.0.5:15000"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("release", "rpw")
+    assert os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"] == "/ca.pem"
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    tracking.tracking_uri()
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("pipeline", "pw")
+
+
 def test_stage_flags_default_to_the_paths_dvc_yaml_passes(project):
     from pipeline import dedup, train, validate
     from pipeline.stage import parser, paths

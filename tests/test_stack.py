@@ -66,6 +66,12 @@ class Stack:
 
         return {**read_env_file(self.dir / "env"), **read_env_file(self.dir / "secrets")}
 
+    def prefect_auth(self):
+        """The Prefect API's basic auth (the stack's auth string), for httpx."""
+        import httpx
+
+        return httpx.BasicAuth(*self.values()["PREFECT_API_AUTH_STRING"].split(":", 1))
+
     def processes(self) -> list:
         """Every process the stack runs: each server's process group and the PostgreSQL postmaster's tree."""
         import psutil
@@ -94,19 +100,26 @@ def started_stack(tmp_path_factory, params: dict, **settings: str):
     yield from running_stack(project, **settings)
 
 
-def running_stack(project: Path, **settings: str):
-    """A stack in a fresh folder on free ports, pointed at `project` (as `make stack` there); stopped at the
-    end with every process checked gone."""
+def running_stack(project: Path, prepare=None, **settings: str):
+    """A stack in a fresh folder on free ports, pointed at `project` (as `make stack` there), after
+    `prepare(stack)` if given; stopped at the end with every process checked gone."""
     # PostgreSQL runs as the postgres user when we are root: its folder's parents must be searchable
     folder = Path(tempfile.mkdtemp(prefix="stack-"))
     folder.chmod(0o755)
     running = Stack(folder / "s", project, **settings)
+    if prepare:
+        prepare(running)
     start = time.time()
     running.run("up")
     running.first_start = time.time() - start
+    signed_in = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    before = {k: os.environ.get(k) for k in signed_in}
+    os.environ.update({k: running.values()[k] for k in signed_in})  # this process's MLflow clients: the pipeline
     try:
         yield running
     finally:
+        for k, v in before.items():
+            os.environ.pop(k, None) if v is None else os.environ.update({k: v})
         try:
             left = running.processes() if (running.dir / "env").exists() else []
         finally:
@@ -135,7 +148,8 @@ def test_compose_file_reads_the_same_settings_as_stack_py():
     settings = {line.split("=")[0] for line in (ROOT / "docker" / "stack.env").read_text().splitlines()
                 if "=" in line and not line.startswith("#")}
     used = set(re.findall(r"\$\{(\w+)", (ROOT / "docker" / "docker-compose.yml").read_text()))
-    secrets = {"POSTGRES_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    secrets = {"POSTGRES_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_ADMIN_PASSWORD",
+               "MLFLOW_FLASK_SERVER_SECRET_KEY", "PREFECT_AUTH_STRING"}
     assert used - secrets <= settings and {"STACK_MLFLOW_PORT", "STACK_S3_PORT"} <= used
     assert not re.search(r"\b(5000|4200|9000|8333)\b", (ROOT / "docker" / "docker-compose.yml").read_text())
 
@@ -163,7 +177,7 @@ def test_stack_starts_from_nothing_stops_cleanly_and_restarts_on_its_data(stack)
     assert mlflow.get_experiment(kept).name == "kept across restarts"
     import httpx
 
-    pools = httpx.post(f"{values['PREFECT_API_URL']}/work_pools/filter", json={}).json()
+    pools = httpx.post(f"{values['PREFECT_API_URL']}/work_pools/filter", json={}, auth=stack.prefect_auth()).json()
     assert [p["type"] for p in pools if p["name"] == "training"] == ["process"]
 
 
@@ -322,3 +336,107 @@ def test_postgres_starts_for_root_in_a_mode_700_folder_and_restarts_from_the_lin
             stack.as_postgres([stack.pg_tool("pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(stack.pg_data(d))])
         shutil.rmtree(private, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+SECRET_NAMES = ("PASSWORD", "SECRET_ACCESS_KEY", "AUTH_STRING", "SECRET_KEY")
+
+
+def leaks(stack, extra: dict[str, str] | None = None) -> list[str]:
+    """Where a secret of the stack shows up: its logs, its servers' command lines (`ps` shows them to every
+    user), the MLflow and Prefect databases (runs' params and tags, flow runs, logs). Each place names the
+    secret, never its value."""
+    import psutil
+
+    values = {k: v for k, v in stack.values().items() if k.endswith(SECRET_NAMES) and len(v) >= 8}
+    values["the Prefect password"] = values["PREFECT_AUTH_STRING"].split(":", 1)[1]
+    places = {f"log {p.name}": p.read_text(errors="replace") for p in (stack.dir / "log").glob("*")} | (extra or {})
+    places.update({f"the command line of {p.pid}": " ".join(p.cmdline()) for p in stack.processes()
+                   if p.is_running() and p.status() != psutil.STATUS_ZOMBIE})
+    sh_env = {"PGPASSWORD": values["POSTGRES_PASSWORD"]}
+    pg_dump = launcher().pg_tool("pg_dump")
+    for db in ("mlflow", "prefect"):
+        places[f"the {db} database"] = sh(stack.dir, pg_dump, "-h", "127.0.0.1", "-p", stack.env["STACK_POSTGRES_PORT"],
+                                          "-U", "mlops", "--data-only", db, env=sh_env)
+    return [f"{name} in {place}" for name, value in values.items() for place, text in places.items() if value in text]
+
+
+def test_every_service_asks_who_you_are_and_each_account_does_only_its_job(stack):
+    """Issue 21 item 3 on loopback: no request without credentials; S3 identities per purpose; the viewer
+    cannot move @champion, the release role can; PostgreSQL takes passwords only; secrets are mode 600."""
+    import boto3
+    import httpx
+    import psycopg2
+    from botocore.exceptions import ClientError
+    from mlflow.tracking import MlflowClient
+
+    values = stack.values()
+    ml, api, s3 = values["MLFLOW_TRACKING_URI"], values["PREFECT_API_URL"], values["STACK_S3_ENDPOINT"]
+    assert httpx.get(f"{ml}/api/2.0/mlflow/experiments/search?max_results=1").status_code == 401
+    assert httpx.get(f"{ml}/api/2.0/mlflow/experiments/search?max_results=1", auth=("viewer", "wrong")).status_code == 401
+    assert httpx.post(f"{api}/flows/filter", json={}).status_code == 401
+    assert httpx.post(f"{api}/flows/filter", json={}, auth=("oralscan", "wrong")).status_code == 401
+    assert httpx.post(f"{api}/flows/filter", json={}, auth=stack.prefect_auth()).status_code == 200
+    assert httpx.get(f"{s3}/dvc").status_code == 403 and httpx.put(f"{s3}/dvc/anonymous", content=b"x").status_code == 403
+
+    def may(identity: str, bucket: str, action: str) -> bool:
+        client = boto3.client("s3", endpoint_url=s3, region_name="us-east-1",
+                              aws_access_key_id=values[f"S3_{identity}_ACCESS_KEY_ID"],
+                              aws_secret_access_key=values[f"S3_{identity}_SECRET_ACCESS_KEY"])
+        try:
+            client.put_object(Bucket=bucket, Key="probe", Body=b"1") if action == "write" else client.list_objects_v2(Bucket=bucket)
+            return True
+        except ClientError as e:
+            assert e.response["Error"]["Code"] == "AccessDenied"
+            return False
+
+    allowed = {(i, b, a) for i in ("DVC", "READER", "MLFLOW") for b in ("dvc", "mlflow") for a in ("read", "write")
+               if may(i, b, a)}
+    assert allowed == {("DVC", "dvc", "read"), ("DVC", "dvc", "write"), ("READER", "dvc", "read"),
+                       ("MLFLOW", "mlflow", "read"), ("MLFLOW", "mlflow", "write")}
+
+    def client(user: str) -> MlflowClient:
+        os.environ.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=values[f"MLFLOW_{user.upper()}_PASSWORD"])
+        return MlflowClient(ml)
+
+    try:
+        pipeline = client("pipeline")
+        run = pipeline.create_run(pipeline.create_experiment("roles"))
+        pipeline.create_registered_model("roles-model")
+        v1, v2 = (pipeline.create_model_version("roles-model", f"runs:/{run.info.run_id}/m", run.info.run_id).version
+                  for _ in range(2))
+        pipeline.set_registered_model_alias("roles-model", "champion", v1)
+        viewer = client("viewer")
+        assert viewer.get_registered_model("roles-model").aliases == {"champion": v1}  # may read
+        for write in (lambda: viewer.set_registered_model_alias("roles-model", "champion", v2),
+                      lambda: viewer.create_run(run.info.experiment_id)):
+            with pytest.raises(Exception, match="403"):
+                write()
+        release = client("release")
+        release.set_registered_model_alias("roles-model", "champion", v2)
+        assert release.get_registered_model("roles-model").aliases == {"champion": v2}
+        with pytest.raises(Exception, match="403"):
+            release.create_run(run.info.experiment_id)  # moves aliases, logs nothing
+    finally:
+        os.environ.update(MLFLOW_TRACKING_USERNAME="pipeline", MLFLOW_TRACKING_PASSWORD=values["MLFLOW_PIPELINE_PASSWORD"])
+
+    rules = [line.split() for line in (stack.dir / "postgres" / "pg_hba.conf").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert rules and all(r[0] == "host" and r[-1] == "scram-sha-256" for r in rules)
+    port = stack.env["STACK_POSTGRES_PORT"]
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(f"postgresql://mlops:wrong@127.0.0.1:{port}/mlflow")
+    with pytest.raises(psycopg2.OperationalError, match="no password supplied"):
+        psycopg2.connect(f"postgresql://mlops@127.0.0.1:{port}/mlflow", passfile="/dev/null")
+    for private in ("secrets", "env", "mlflow-auth.ini", "s3.json"):
+        assert (stack.dir / private).stat().st_mode & 0o777 == 0o600, private
+
+
+def test_no_credential_in_logs_runs_or_command_lines(stack):
+    """After the demo pipeline ran against the stack (the test above): no secret in any log, database or `ps`."""
+    assert leaks(stack) == []
+    planted = stack.dir / "log" / "planted.log"  # the search finds one where it is
+    planted.write_text(f"connecting with {stack.values()['MLFLOW_RELEASE_PASSWORD']}\n")
+    try:
+        assert leaks(stack) == ["MLFLOW_RELEASE_PASSWORD in log planted.log"]
+    finally:
+        planted.unlink()

@@ -53,9 +53,9 @@ def test_the_stack_the_makefile_and_compose_set_the_values_the_libraries_honour(
     stack = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stack)
     s = stack.settings()
-    sec = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    sec = stack.stack_auth.fresh_secrets()
     wanted = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    for env in (stack.mlflow_env(s, sec), stack.prefect_env(s, Path("/tmp/x"))):  # servers and workers
+    for env in (stack.mlflow_env(s, Path("/tmp/x"), sec), stack.prefect_env(s, Path("/tmp/x"), sec)):  # servers, workers
         assert wanted.items() <= env.items()
 
     makefile = (ROOT / "Makefile").read_text()

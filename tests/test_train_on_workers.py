@@ -56,8 +56,8 @@ def train_runs(stack) -> list[dict]:
     import httpx
 
     api = stack.values()["PREFECT_API_URL"]
-    runs = httpx.post(f"{api}/flow_runs/filter", json={"sort": "START_TIME_ASC"}).json()
-    flows = {f["id"]: f["name"] for f in httpx.post(f"{api}/flows/filter", json={}).json()}
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"sort": "START_TIME_ASC"}, auth=stack.prefect_auth()).json()
+    flows = {f["id"]: f["name"] for f in httpx.post(f"{api}/flows/filter", json={}, auth=stack.prefect_auth()).json()}
     return [r for r in runs if flows[r["flow_id"]] == "train"]
 
 
