@@ -7,7 +7,9 @@ so the frozen part runs once per image and its output is cached; only the traina
 trains, on the cache (a file: pipeline/streams.py). `fit_plain` is the ordinary `model.fit` on
 images it is tested against. Images come from the pixel cache a batch at a time, so memory does
 not grow with the number of images.
-An architecture with `weights: none` has nothing frozen and trains end to end.
+An architecture with `weights: none` has nothing frozen and trains end to end; one with
+`head: linear` is a probe (pipeline/probe.py): no gradient training, a logistic regression on the
+frozen features written into its Dense layer.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from pipeline import pixels
 from pipeline.console import quiet
 from pipeline.models import Parts, build_model, get_arch
 from pipeline.params import Params, Train, load_params
+from pipeline.probe import fit_probe
 from pipeline.stage import StageError, one_line_errors, parser, paths
 from pipeline.streams import CHUNK, Images, batches, predict_rows, to_file
 from pipeline.tables import read_split
@@ -47,9 +50,12 @@ class Outputs:
 def read_sets(raw: Path, augmented: Path, split_csv: Path, augmented_csv: Path, classes, size: int) -> dict:
     """The train set (with its augmented images) and the val set, read from the pixel cache a batch at a time."""
     train, val = (read_split(split_csv, s, classes) for s in ("train", "val"))
-    extra = pd.read_csv(augmented_csv, keep_default_na=False)
+    extra = pd.read_csv(augmented_csv, keep_default_na=False, dtype=str)  # group ids as split.csv's: text
     index, cache = {c: i for i, c in enumerate(classes)}, pixels.cache_dir(raw)
-    return {"train": Images([raw / p for p in train.path] + [augmented / p for p in extra.path],
+    groups = [g or p for g, p in zip(train.group_id, train.path)] + [g or p for g, p in zip(extra.group_id,
+                                                                                              extra.source_path)]
+    return {"train_groups": np.array(groups, dtype=object),  # an augmented image is in its source's group
+            "train": Images([raw / p for p in train.path] + [augmented / p for p in extra.path],
                             pixels.shas_of(train) + [""] * len(extra),
                             np.array([index[c] for c in list(train.label) + list(extra.label)], dtype=int), size, cache),
             "val": Images([raw / p for p in val.path], pixels.shas_of(val), np.array([index[c] for c in val.label], dtype=int),
@@ -175,7 +181,8 @@ def fit_scratch(parts: Parts, data: dict, params: Train, weights, log) -> None:
 
 def log_run_params(mlflow, name: str, spec, size: int, params: Train, seed: int, data: dict) -> None:
     resolved = {k: v for k, v in vars(params).items() if k != "architectures"}
-    mlflow.log_params({"architecture": name, "weights": spec.weights, "alpha": spec.alpha, "image_size": size,
+    mlflow.log_params({"architecture": name, "network": spec.base or name, "head": spec.head,
+                       "weights": spec.weights, "alpha": spec.alpha, "image_size": size,
                        "seed": seed, "train_images": len(data["train"]), "val_images": len(data["val"]),
                        **resolved})
 
@@ -200,20 +207,24 @@ def log_validation(mlflow, model, data: dict, classes, out_dir: Path) -> dict:
     return scores
 
 
-def fit_and_save(mlflow, parts: Parts, data: dict, spec, settings: Train, weights, classes, out_dir: Path) -> dict:
+def fit_and_save(mlflow, parts: Parts, data: dict, spec, settings: Train, weights, classes, out_dir: Path,
+                 seed: int = 0) -> dict:
     """Train in the active MLflow run; save the model and its history in out_dir; what it took and scored."""
     from pipeline.tracking import History
 
     history, start = History(mlflow), time.perf_counter()
-    fit = fit_scratch if spec.weights == "none" else fit_cached
-    fit(parts, data, settings, weights, history)
+    if spec.head == "linear":
+        extra = fit_probe(parts, data, settings, weights, history, seed)
+        mlflow.log_params({"probe_c_chosen": extra["probe_c"]})
+    else:
+        extra = (fit_scratch if spec.weights == "none" else fit_cached)(parts, data, settings, weights, history) or {}
     seconds = time.perf_counter() - start
     parts.model.save(out_dir / "model.keras")
     pd.DataFrame(history.rows).to_csv(out_dir / "history.csv", index=False)
     return {"training_seconds": round(seconds, 2), "epochs": len(history.rows),
             "params": int(parts.model.count_params()),
             "trainable_params": int(sum(np.prod(w.shape) for w in parts.model.trainable_weights)),
-            "model_bytes": (out_dir / "model.keras").stat().st_size,
+            "model_bytes": (out_dir / "model.keras").stat().st_size, **extra,
             **log_validation(mlflow, parts.model, data, classes, out_dir)}
 
 
@@ -228,11 +239,13 @@ def run(params: Params, inputs: Inputs, outputs: Outputs, name: str) -> dict:
     base_p, settings, out_dir = params.base, params.train, outputs.out
     if name not in settings.architectures:
         raise StageError(f"{name} is not in train.architectures ({', '.join(settings.architectures)})")
-    spec, size = settings.architectures[name], settings.architectures[name].image_size or get_arch(name).size
+    spec = settings.architectures[name]
+    network = spec.base or name  # a probe's entry names its network as `base`
+    size = spec.image_size or get_arch(network).size
     keras.utils.set_random_seed(base_p.seed)
     tf.config.experimental.enable_op_determinism()
-    parts = build_model(name, len(base_p.classes), spec.weights, size, spec.alpha, settings.dropout, settings.l2,
-                        base_p.seed)
+    parts = build_model(network, len(base_p.classes), spec.weights, size, spec.alpha, settings.dropout, settings.l2,
+                        base_p.seed, head=spec.head, title=name)
     data = read_sets(inputs.raw, inputs.augmented, inputs.split, inputs.augmented_csv, base_p.classes, size)
     weights = class_weights(data["train"].y, len(base_p.classes)) if settings.class_weights else None
     experiment = tracking.setup(settings.experiment)
@@ -243,7 +256,7 @@ def run(params: Params, inputs: Inputs, outputs: Outputs, name: str) -> dict:
             mlflow.start_run(run_name=f"{name} data {lineage['data_version'][:8]}", nested=True, experiment_id=experiment,
                              tags={"architecture": name, **lineage}) as child:
         log_run_params(mlflow, name, spec, size, settings, base_p.seed, data)
-        summary = fit_and_save(mlflow, parts, data, spec, settings, weights, base_p.classes, out_dir)
+        summary = fit_and_save(mlflow, parts, data, spec, settings, weights, base_p.classes, out_dir, base_p.seed)
         mlflow.log_metrics({k: v for k, v in summary.items() if k != "epochs"})
         mlflow.log_artifact(str(out_dir / "history.csv"))
         tracking.log_keras_model(parts.model, data["val"].read([0]).astype("float32"))
