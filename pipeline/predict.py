@@ -26,11 +26,23 @@ from pipeline.metrics import threshold_text
 from pipeline.tracking import tracking_uri
 
 
+def strongest_member(model, x: np.ndarray):
+    """(the model Grad-CAM explains, its input): of an ensemble (pipeline/ensemble.py), its strongest member
+    `member_0` and the image as member_0 sees it (through `resize_0`, if any); any other model and x as they are."""
+    names = {layer.name for layer in model.layers}
+    if "member_0" not in names:
+        return model, x
+    if "resize_0" in names:
+        x = np.asarray(model.get_layer("resize_0")(x[None].astype("float32")))[0]
+    return model.get_layer("member_0"), x
+
+
 def gradcam(model, x: np.ndarray, class_index: int) -> np.ndarray:
     """Grad-CAM heat map (0..1, the size of the last feature map) for one preprocessed-free image."""
     import keras
     import tensorflow as tf
 
+    model, x = strongest_member(model, x)  # an ensemble: its strongest member's map, for the ensemble's class
     features = model.get_layer("pool").input  # the base's last feature map, before pooling
     probe = keras.Model(model.inputs, [features, model.output])
     with tf.GradientTape() as tape:

@@ -44,7 +44,7 @@ def choose_c(features, y, groups, cs, folds: int, weights: dict | None, n_classe
     whole duplicate groups; returns (C, {C: loss}, folds)."""
     from sklearn.metrics import log_loss
 
-    from pipeline.label_review import grouped_folds
+    from pipeline.folds import grouped_folds
 
     splits = grouped_folds(y, np.asarray(groups), folds, seed)
     w = np.array([(weights or {}).get(int(c), 1.0) for c in y])
