@@ -69,15 +69,15 @@ def write_dense(layer, model, n_classes: int) -> None:
 
 
 def fit_probe(parts, data: dict, params, weights: dict | None, log, seed: int = 0) -> dict:
-    """Features once per image, C by grouped CV on train, the final fit on all of train, written into
-    the model. `data` holds the train and val sources and the train rows' duplicate groups."""
+    """Features once per train image, C by grouped CV on train, the final fit on all of train, written into
+    the model. `data` holds the train source and its rows' duplicate groups (val is not used: it stays
+    for choosing between candidates)."""
     n_classes = parts.model.output.shape[-1]
     extract = feature_model(parts)
-    features = {k: predict_rows(lambda x: extract.predict_on_batch(x), data[k]) for k in ("train", "val")}
-    y = data["train"].y
-    c, losses, _ = choose_c(features["train"], y, data["train_groups"], params.probe_c, params.probe_folds,
+    features, y = predict_rows(lambda x: extract.predict_on_batch(x), data["train"]), data["train"].y
+    c, losses, _ = choose_c(features, y, data["train_groups"], params.probe_c, params.probe_folds,
                             weights, n_classes, seed)
     for i, (value, loss) in enumerate(losses.items()):
         log("probe")(i, {"C": value, "cv_log_loss": loss})
-    write_dense(parts.model.get_layer("classes"), fit_logistic(features["train"], y, c, weights, seed), n_classes)
+    write_dense(parts.model.get_layer("classes"), fit_logistic(features, y, c, weights, seed), n_classes)
     return {"probe_c": c, "probe_cv_log_loss": losses[c]}

@@ -179,6 +179,14 @@ def fit_scratch(parts: Parts, data: dict, params: Train, weights, log) -> None:
                 params.head_epochs + params.finetune_epochs, weights, log("scratch"))
 
 
+def fit_model(parts: Parts, data: dict, spec, settings: Train, weights, log, seed: int) -> dict:
+    """An architecture's whole training procedure (what cross-validation repeats); what it chose, if anything."""
+    if spec.head == "linear":
+        return fit_probe(parts, data, settings, weights, log, seed)
+    (fit_scratch if spec.weights == "none" else fit_cached)(parts, data, settings, weights, log)
+    return {}
+
+
 def log_run_params(mlflow, name: str, spec, size: int, params: Train, seed: int, data: dict) -> None:
     resolved = {k: v for k, v in vars(params).items() if k != "architectures"}
     mlflow.log_params({"architecture": name, "network": spec.base or name, "head": spec.head,
@@ -213,11 +221,9 @@ def fit_and_save(mlflow, parts: Parts, data: dict, spec, settings: Train, weight
     from pipeline.tracking import History
 
     history, start = History(mlflow), time.perf_counter()
-    if spec.head == "linear":
-        extra = fit_probe(parts, data, settings, weights, history, seed)
+    extra = fit_model(parts, data, spec, settings, weights, history, seed)
+    if "probe_c" in extra:
         mlflow.log_params({"probe_c_chosen": extra["probe_c"]})
-    else:
-        extra = (fit_scratch if spec.weights == "none" else fit_cached)(parts, data, settings, weights, history) or {}
     seconds = time.perf_counter() - start
     parts.model.save(out_dir / "model.keras")
     pd.DataFrame(history.rows).to_csv(out_dir / "history.csv", index=False)
