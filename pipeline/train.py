@@ -286,8 +286,9 @@ def main(argv: list[str] | None = None) -> None:
             s = run(load_params(args.params), paths(Inputs, args), paths(Outputs, args), args.arch)
         except (WeightsUnavailable, ValueError) as err:  # no weights file, an unknown architecture, data Keras refuses
             raise StageError(str(err)) from None
+    how = f"C {s['probe_c']:g} chosen by grouped CV" if "probe_c" in s else f"{s['epochs']} epochs"
     print(f"train@{args.arch}: val balanced accuracy {s['val_balanced_accuracy']:.3f} "
-          f"in {s['training_seconds']:.0f}s ({s['epochs']} epochs); MLflow run {s['run_id']}")
+          f"in {s['training_seconds']:.0f}s ({how}); MLflow run {s['run_id']}")
 
 
 if __name__ == "__main__":

@@ -45,3 +45,17 @@ def test_members_are_ranked_as_the_leaderboard_ranks():
            "C": {"balanced_accuracy": 0.9, "roc_auc": 0.5}, "D": {"balanced_accuracy": 0.8, "roc_auc": 0.95},
            "E": {"balanced_accuracy": None, "roc_auc": 1.0}}
     assert rank(val, "balanced_accuracy") == ["C", "D", "A", "B", "E"]
+
+
+def test_the_ensemble_is_chosen_only_on_a_strictly_higher_validation_score():
+    from pipeline.evaluate import leaderboard
+    from tests.test_evaluate import result
+
+    def ensemble(val):
+        return {**result(val, 0.9), "members": ["A", "B"]}
+
+    tie = leaderboard({"ensemble": {**ensemble(0.9), "val": {"balanced_accuracy": 0.9, "roc_auc": 0.99}},
+                       "A": result(0.9, 0.7), "B": result(0.8, 0.7)}, "balanced_accuracy", ["cancer"])
+    assert list(tie.architecture) == ["A", "ensemble", "B"]  # a higher ROC-AUC does not break a tie for it
+    wins = leaderboard({"ensemble": ensemble(0.91), "A": result(0.9, 0.7)}, "balanced_accuracy", ["cancer"])
+    assert wins.architecture.iloc[0] == "ensemble" and wins.chosen.iloc[0]
