@@ -15,13 +15,14 @@ Per candidate: test balanced accuracy with its interval by duplicate group, test
 positive class, the paired difference against the fine-tuned network with its two-sided interval
 (pipeline/paired.py), training wall time (the ensemble: its members' sum) and the float32 TFLite file's
 size and single-image latency (one thread).
-Run: `KERAS_HOME=... nice -n 10 python bench/candidates_bench.py [--data isic pneumonia]`.
+Run: `SHARED_DIR=../shared KERAS_HOME=... nice -n 10 python bench/candidates_bench.py [--data isic pneumonia]`.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 import time
@@ -34,13 +35,15 @@ sys.path.insert(0, str(ROOT))
 from pipeline import augment, dedup, split, validate  # noqa: E402
 from pipeline.params import load_params  # noqa: E402
 
-PNEUMONIA = ROOT.parent / "shared" / "datasets" / "pneumoniamnist-balanced" / "pneumoniamnist_balanced.npz"
+SHARED = Path(os.environ.get("SHARED_DIR", ROOT.parent / "shared"))  # as tests/conftest.py
+PNEUMONIA = SHARED / "datasets" / "pneumoniamnist-balanced" / "pneumoniamnist_balanced.npz"
 
 
 def train_bench():
     spec = importlib.util.spec_from_file_location("train_bench", ROOT / "bench" / "train_bench.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.DATA = SHARED / "datasets" / "isic-skin-9class-180px"
     return module
 
 

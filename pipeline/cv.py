@@ -64,7 +64,7 @@ def fold_roles(n_folds: int) -> list[tuple[int, int]]:
 
 
 def images(rows: pd.DataFrame, raw: Path, augmented: Path, extra: pd.DataFrame, classes, size: int) -> Images:
-    """Rows of split.csv (from the pixel cache) plus augmented copies (decoded from their files)."""
+    """Rows of split.csv (from the pixel cache), then augmented copies (decoded from their files)."""
     index = {c: i for i, c in enumerate(classes)}
     return Images([raw / p for p in rows.path] + [augmented / p for p in extra.path],
                   pixels.shas_of(rows) + [""] * len(extra),
@@ -72,41 +72,73 @@ def images(rows: pd.DataFrame, raw: Path, augmented: Path, extra: pd.DataFrame, 
                   pixels.cache_dir(raw))
 
 
-def train_and_predict(name, params: Params, fit_rows, stop_rows, score_rows, extra, inputs: Inputs) -> np.ndarray:
-    """One architecture's procedure on fit_rows (+ their augmented copies), stopped on stop_rows; probabilities
-    of score_rows."""
-    import keras
+class Member:
+    """One architecture's procedure over the pooled images: the part every fold shares (the frozen network's
+    outputs, computed once into a file) and the training of the rest, fold by fold."""
 
-    from pipeline.models import build_model, get_arch
-    from pipeline.streams import predict_rows
-    from pipeline.tracking import History
-    from pipeline.train import class_weights, fit_model
+    def __init__(self, name: str, params: Params, pool: Images, tmp: Path):
+        from pipeline.models import get_arch
+        from pipeline.streams import to_file
 
-    base, settings, spec = params.base, params.train, params.train.architectures[name]
-    size = spec.image_size or get_arch(spec.base or name).size
-    keras.utils.set_random_seed(base.seed)
-    parts = build_model(spec.base or name, len(base.classes), spec.weights, size, spec.alpha, settings.dropout,
-                        settings.l2, base.seed, head=spec.head, title=name)
-    mine = extra[extra.group_id.isin(set(fit_rows.group_id))]
-    data = {"train": images(fit_rows, inputs.raw, inputs.augmented, mine, base.classes, size),
-            "val": images(stop_rows, inputs.raw, inputs.augmented, mine.iloc[:0], base.classes, size),
-            "train_groups": np.array(list(fit_rows.group_id) + list(mine.group_id), dtype=object)}
-    weights = class_weights(data["train"].y, len(base.classes)) if settings.class_weights else None
-    fit_model(parts, data, spec, settings, weights, History(), base.seed)
-    score = images(score_rows, inputs.raw, inputs.augmented, mine.iloc[:0], base.classes, size)
-    return predict_rows(lambda x: parts.model.predict_on_batch(x), score)
+        self.name, self.params, spec = name, params, params.train.architectures[name]
+        self.size = spec.image_size or get_arch(spec.base or name).size
+        self.pool = Images(pool.sources, pool.shas, pool.y, self.size, pool.cache)
+        self.frozen = None
+        if spec.weights != "none":  # pretrained: the same frozen values in every fold
+            from pipeline.probe import feature_model
+            from pipeline.train import frozen_part
+
+            parts = self.build()
+            model = feature_model(parts) if spec.head == "linear" else frozen_part(parts, params.train)
+            self.frozen = to_file(model, self.pool, tmp / f"{name}.rows", f"cv: frozen part ({name})")
+
+    def build(self):
+        import keras
+
+        from pipeline.models import build_model
+
+        base, settings, spec = self.params.base, self.params.train, self.params.train.architectures[self.name]
+        keras.utils.set_random_seed(base.seed)
+        return build_model(spec.base or self.name, len(base.classes), spec.weights, self.size, spec.alpha,
+                           settings.dropout, settings.l2, base.seed, head=spec.head, title=self.name)
+
+    def train_and_predict(self, fit, stop, score, groups) -> np.ndarray:
+        """Trained on pool rows `fit`, stopped early on `stop`; probabilities of the rows `score`."""
+        from pipeline.streams import Subset, predict_rows
+        from pipeline.tracking import History
+        from pipeline.train import class_weights, fit_model
+
+        settings, spec = self.params.train, self.params.train.architectures[self.name]
+        data = {"train": Subset(self.pool, fit), "val": Subset(self.pool, stop), "train_groups": groups[fit]}
+        if self.frozen is not None:
+            data.update({"train_features": Subset(self.frozen, fit)} if spec.head == "linear" else
+                        {"train_frozen": Subset(self.frozen, fit), "val_frozen": Subset(self.frozen, stop)})
+        weights = class_weights(data["train"].y, len(self.params.base.classes)) if settings.class_weights else None
+        parts = self.build()
+        fit_model(parts, data, spec, settings, weights, History(), self.params.base.seed)
+        return predict_rows(lambda x: parts.model.predict_on_batch(x), Subset(self.pool, score))
 
 
 def out_of_fold(members: list[str], params: Params, rows: pd.DataFrame, extra: pd.DataFrame, inputs: Inputs):
-    """Every row's probabilities from the round that scored it, and each row's fold."""
-    y = np.array([list(params.base.classes).index(c) for c in rows.label])
+    """Every row's probabilities from the round that scored it, and each row's fold. A round trains on the
+    rows of its training folds and the augmented copies of their groups' images."""
+    import tempfile
+
+    classes = list(params.base.classes)
+    y = np.array([classes.index(c) for c in rows.label])
     folds = [score for _, score in grouped_folds(y, rows.group_id.to_numpy(), params.cv.folds, params.base.seed)]
-    probs, fold_of = np.zeros((len(rows), len(params.base.classes))), np.zeros(len(rows), int)
-    for i, (scored, stop) in enumerate(fold_roles(len(folds))):
-        fit = np.setdiff1d(np.arange(len(rows)), np.concatenate([folds[scored], folds[stop]]))
-        parts = [rows.iloc[ix].reset_index(drop=True) for ix in (fit, folds[stop], folds[scored])]
-        probs[folds[scored]] = np.mean([train_and_predict(m, params, *parts, extra, inputs) for m in members], axis=0)
-        fold_of[folds[scored]] = i
+    pool = images(rows, inputs.raw, inputs.augmented, extra, classes, 0)
+    groups = np.array(list(rows.group_id) + list(extra.group_id), dtype=object)
+    probs, fold_of = np.zeros((len(rows), len(classes))), np.zeros(len(rows), int)
+    with tempfile.TemporaryDirectory(prefix="cv-rows-") as tmp:
+        procedure = [Member(m, params, pool, Path(tmp)) for m in members]
+        for i, (scored, stop) in enumerate(fold_roles(len(folds))):
+            fit = np.setdiff1d(np.arange(len(rows)), np.concatenate([folds[scored], folds[stop]]))
+            copies = len(rows) + np.flatnonzero(extra.group_id.isin(set(rows.group_id.iloc[fit])).to_numpy())
+            fit = np.concatenate([fit, copies])
+            probs[folds[scored]] = np.mean([m.train_and_predict(fit, folds[stop], folds[scored], groups)
+                                            for m in procedure], axis=0)
+            fold_of[folds[scored]] = i
     return y, probs, fold_of
 
 

@@ -74,7 +74,9 @@ def fit_probe(parts, data: dict, params, weights: dict | None, log, seed: int = 
     for choosing between candidates)."""
     n_classes = parts.model.output.shape[-1]
     extract = feature_model(parts)
-    features, y = predict_rows(lambda x: extract.predict_on_batch(x), data["train"]), data["train"].y
+    features = (data["train_features"].read(np.arange(len(data["train"]))) if "train_features" in data else
+                predict_rows(lambda x: extract.predict_on_batch(x), data["train"]))  # given: cross-validation's
+    y = data["train"].y
     c, losses, _ = choose_c(features, y, data["train_groups"], params.probe_c, params.probe_folds,
                             weights, n_classes, seed)
     for i, (value, loss) in enumerate(losses.items()):

@@ -130,8 +130,16 @@ def split_base(parts: Parts, cut: int | None):
     return front, keras.Model(base.layers[cut].output, base.output)
 
 
+def frozen_part(parts: Parts, params: Train):
+    """pixels -> what fit_cached keeps of the frozen network: activations at the fine-tuning cut (or the base's
+    output when nothing is fine-tuned). The same for every model built with the same pretrained weights."""
+    parts.base.trainable = False
+    return split_base(parts, find_cut(parts.base, params.finetune_layers) if finetunes(params) else None)[0]
+
+
 def fit_cached(parts: Parts, data: dict, params: Train, weights, log) -> None:
-    """Both phases, with everything frozen computed once per image.
+    """Both phases, with everything frozen computed once per image (`data["train_frozen"]` and
+    `data["val_frozen"]`, when given, are those activations already: frozen_part's outputs).
 
     The frozen bottom runs once up to the fine-tuning cut, its activations kept in a file; phase 1
     gets its features by running only the small top on those activations, phase 2 trains the top
@@ -145,7 +153,8 @@ def fit_cached(parts: Parts, data: dict, params: Train, weights, log) -> None:
     base.trainable = False
     front, top = split_base(parts, cut)
     with tempfile.TemporaryDirectory(prefix="train-rows-") as tmp:
-        a, av = (to_file(front, data[k], Path(tmp) / f"{k}.act", f"train: frozen part ({k})") for k in ("train", "val"))
+        a, av = (data[f"{k}_frozen"] if f"{k}_frozen" in data else  # cross-validation: computed once for all folds
+                 to_file(front, data[k], Path(tmp) / f"{k}.act", f"train: frozen part ({k})") for k in ("train", "val"))
         cached = keras.Input(a.shape)
         pooled = keras.Model(cached, head[0](top(cached, training=False) if top else cached))
         f, fv = (to_file(pooled, z, Path(tmp) / f"{k}.features") for k, z in (("train", a), ("val", av)))
