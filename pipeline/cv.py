@@ -76,13 +76,14 @@ class Member:
     """One architecture's procedure over the pooled images: the part every fold shares (the frozen network's
     outputs, computed once into a file) and the training of the rest, fold by fold."""
 
-    def __init__(self, name: str, params: Params, pool: Images, tmp: Path):
+    def __init__(self, name: str, params: Params, pool: Images, originals: int, tmp: Path):
         from pipeline.models import get_arch
         from pipeline.streams import to_file
 
         self.name, self.params, spec = name, params, params.train.architectures[name]
         self.size = spec.image_size or get_arch(spec.base or name).size
         self.pool = Images(pool.sources, pool.shas, pool.y, self.size, pool.cache)
+        self.originals = originals
         self.frozen = None
         if spec.weights != "none":  # pretrained: the same frozen values in every fold
             from pipeline.probe import feature_model
@@ -109,7 +110,8 @@ class Member:
         from pipeline.train import class_weights, fit_model
 
         settings, spec = self.params.train, self.params.train.architectures[self.name]
-        data = {"train": Subset(self.pool, fit), "val": Subset(self.pool, stop), "train_groups": groups[fit]}
+        data = {"train": Subset(self.pool, fit), "val": Subset(self.pool, stop), "train_groups": groups[fit],
+                "train_originals": int((fit < self.originals).sum())}  # fit lists pool rows before their copies
         if self.frozen is not None:
             data.update({"train_features": Subset(self.frozen, fit)} if spec.head == "linear" else
                         {"train_frozen": Subset(self.frozen, fit), "val_frozen": Subset(self.frozen, stop)})
@@ -131,7 +133,7 @@ def out_of_fold(members: list[str], params: Params, rows: pd.DataFrame, extra: p
     groups = np.array(list(rows.group_id) + list(extra.group_id), dtype=object)
     probs, fold_of = np.zeros((len(rows), len(classes))), np.zeros(len(rows), int)
     with tempfile.TemporaryDirectory(prefix="cv-rows-") as tmp:
-        procedure = [Member(m, params, pool, Path(tmp)) for m in members]
+        procedure = [Member(m, params, pool, len(rows), Path(tmp)) for m in members]
         for i, (scored, stop) in enumerate(fold_roles(len(folds))):
             fit = np.setdiff1d(np.arange(len(rows)), np.concatenate([folds[scored], folds[stop]]))
             copies = len(rows) + np.flatnonzero(extra.group_id.isin(set(rows.group_id.iloc[fit])).to_numpy())

@@ -55,6 +55,7 @@ def read_sets(raw: Path, augmented: Path, split_csv: Path, augmented_csv: Path, 
     groups = [g or p for g, p in zip(train.group_id, train.path)] + [g or p for g, p in zip(extra.group_id,
                                                                                               extra.source_path)]
     return {"train_groups": np.array(groups, dtype=object),  # an augmented image is in its source's group
+            "train_originals": len(train),  # the split's own images come first, augment's copies after them
             "train": Images([raw / p for p in train.path] + [augmented / p for p in extra.path],
                             pixels.shas_of(train) + [""] * len(extra),
                             np.array([index[c] for c in list(train.label) + list(extra.label)], dtype=int), size, cache),
