@@ -3,7 +3,8 @@
 On two data sets run through the real validate -> dedup -> split -> augment stages (their own grouped
 splits): ISIC grouped into benign / precancer / cancer (../shared/datasets/isic-skin-9class-180px, as
 bench/train_bench.py) and PneumoniaMNIST (../shared/datasets/pneumoniamnist-balanced, normal / pneumonia,
-28 px upsampled to 96 px PNGs, the model input 224 px as for any photo). Candidates, MobileNetV2-0.35
+a seeded class-balanced sample of
+600 of its 3,166 images by default, 28 px upsampled to 96 px PNGs, the model input 224 px as for any photo). Candidates, MobileNetV2-0.35
 with ImageNet weights and params.yaml's train settings:
 - fine-tuned: the project's two phases (train.fit_cached);
 - probe: logistic regression on frozen features, C by grouped CV on train (pipeline/probe.py);
@@ -47,16 +48,21 @@ def train_bench():
     return module
 
 
-def prepare_pneumonia(work: Path):
+def prepare_pneumonia(work: Path, images: int, seed: int = 0):
+    """`images` of the 3,166 (a seeded sample, half per class; all: 0), re-split by the project's own stages."""
     import yaml
     from PIL import Image
 
     data, raw = np.load(PNEUMONIA), work / "raw"
-    for part in ("train", "val", "test"):
-        for i, (image, label) in enumerate(zip(data[f"{part}_images"], data[f"{part}_labels"][:, 0])):
-            target = raw / ("pneumonia" if label else "normal") / f"{part}-{i:04d}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).convert("RGB").resize((96, 96), Image.Resampling.BICUBIC).save(target)
+    x = np.concatenate([data[f"{p}_images"] for p in ("train", "val", "test")])
+    y = np.concatenate([data[f"{p}_labels"][:, 0] for p in ("train", "val", "test")])
+    rng = np.random.default_rng(seed)
+    keep = np.arange(len(y)) if not images else np.concatenate(
+        [rng.choice(np.flatnonzero(y == k), images // 2, replace=False) for k in (0, 1)])
+    for i in sorted(keep):
+        target = raw / ("pneumonia" if y[i] else "normal") / f"{i:04d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x[i]).convert("RGB").resize((96, 96), Image.Resampling.BICUBIC).save(target)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base"].update(classes=["normal", "pneumonia"], positive_classes=["pneumonia"])
     params["register"]["min_sensitivity"] = {"pneumonia": 0.8}
@@ -174,12 +180,14 @@ def table(name: str, run: dict, seed: int) -> list[dict]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=["isic", "pneumonia"], choices=["isic", "pneumonia"])
+    parser.add_argument("--pneumonia-images", type=int, default=600,
+                        help="a seeded, class-balanced sample of PneumoniaMNIST (0: all 3,166): small data, 2 cores")
     args = parser.parse_args()
     rows = []
     for name in args.data:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            p = train_bench().prepare(work) if name == "isic" else prepare_pneumonia(work)
+            p = train_bench().prepare(work) if name == "isic" else prepare_pneumonia(work, args.pneumonia_images)
             run = candidates(p, work)
             print(f"{name}: train {run['sizes'][0]} (originals {run['sizes'][1]}), val {run['sizes'][2]}, "
                   f"test {run['sizes'][3]} images", flush=True)
