@@ -36,6 +36,7 @@ class Inputs:
     raw: Path
     split: Path
     models: Path        # models/<arch>/model.keras and run.json, one folder per architecture
+    ensemble: Path | None = None  # the ensemble stage's folder: a candidate too when it holds a model.keras
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,14 @@ def write_predictions(rows: pd.DataFrame, probs: np.ndarray, classes, path: Path
     table.to_csv(path, index=False)
 
 
-def evaluate_one(name, info, sets, inputs: Inputs, base, params: Evaluate, outputs: Outputs) -> dict:
+def evaluate_one(name, folder: Path, sets, inputs: Inputs, base, params: Evaluate, outputs: Outputs) -> dict:
     import keras
 
     classes, positive = list(base.classes), list(base.positive_classes)
-    model = keras.saving.load_model(inputs.models / name / "model.keras")
+    info = run_info(folder.parent, folder.name)
+    model = keras.saving.load_model(folder / "model.keras")
     predict = lambda x: model.predict_on_batch(x)  # noqa: E731
-    result = {"run_id": info["run_id"]}
+    result = {"run_id": info["run_id"], **{k: info[k] for k in ("members",) if k in info}}
     for split in ("val", "test"):
         y, probs = labels_and_probabilities(predict, info["image_size"], sets[split], inputs.raw, classes)
         result[split] = scores(y, probs, classes, positive, params.calibration_bins)
@@ -113,8 +115,11 @@ def leaderboard(results: dict[str, dict], select_by: str, positive) -> pd.DataFr
                      "test_balanced_accuracy": r["test"]["balanced_accuracy"], "test_roc_auc": r["test"]["roc_auc"],
                      **{f"test_sensitivity_{c}": r["test"].get(f"sensitivity_{c}") for c in positive}})
     table = pd.DataFrame(rows)
-    table = table.sort_values([f"val_{select_by}", "val_roc_auc", "architecture"], ascending=[False, False, True],
-                              na_position="last").reset_index(drop=True)
+    table["_combined"] = [bool(results[n].get("members")) for n in table.architecture]  # an ensemble wins only
+                                                                                         # on a strictly higher score
+    table = table.sort_values([f"val_{select_by}", "_combined", "val_roc_auc", "architecture"],
+                              ascending=[False, True, False, True], na_position="last")
+    table = table.drop(columns="_combined").reset_index(drop=True)
     table.insert(1, "chosen", table.index == 0)
     return table
 
@@ -129,6 +134,14 @@ def run_info(models: Path, name: str) -> dict:
     return json.loads((models / name / "run.json").read_text())
 
 
+def candidates(inputs: Inputs, architectures) -> dict[str, Path]:
+    """Each trained architecture's folder, and the ensemble's when the ensemble stage built one (by its name)."""
+    found = {name: inputs.models / name for name in architectures}
+    if inputs.ensemble is not None and (inputs.ensemble / "model.keras").is_file():
+        found[run_info(inputs.ensemble.parent, inputs.ensemble.name)["architecture"]] = inputs.ensemble
+    return found
+
+
 def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     from pipeline import tracking
 
@@ -137,8 +150,9 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     for folder in (outputs.figures, outputs.plots, outputs.metrics.parent):
         folder.mkdir(parents=True, exist_ok=True)
     tracking.setup(params.train.experiment)
-    results = {name: evaluate_one(name, run_info(inputs.models, name), sets, inputs, base, evaluation, outputs)
-               for name in params.train.architectures}
+    folders = candidates(inputs, params.train.architectures)
+    results = {name: evaluate_one(name, folder, sets, inputs, base, evaluation, outputs)
+               for name, folder in folders.items()}
     board = leaderboard(results, evaluation.select_by, base.positive_classes)
     name = board.architecture.iloc[0]
     chosen = results[name]
@@ -148,10 +162,10 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
                    "val_value": chosen["val"][evaluation.select_by], "test_value": chosen["test"][evaluation.select_by],
                    "test_interval": chosen["test_report"]["intervals"][evaluation.select_by],
                    "run_id": chosen["run_id"], "predictions": chosen["predictions"],
-                   "model": (inputs.models / name / "model.keras").as_posix()}}
+                   "model": (folders[name] / "model.keras").as_posix()}}
     outputs.metrics.write_text(json.dumps(summary, indent=2) + "\n")
     board.to_csv(outputs.leaderboard, index=False)
-    info = run_info(inputs.models, name)
+    info = run_info(folders[name].parent, folders[name].name)
     gradcam_examples(Path(summary["best"]["model"]), Path(chosen["predictions"]), sets["test"], inputs.raw, list(base.classes),
                      info["image_size"], outputs.figures / "gradcam")
     log_leaderboard(info, outputs.leaderboard, summary["best"], board)

@@ -120,6 +120,11 @@ def fold_temperature(model, temperature: float) -> None:
     """softmax(z / T) inside the model: the last Dense layer's kernel and bias divided by T (no new layer)."""
     from pipeline.stage import StageError
 
+    names = [layer.name for layer in model.layers]
+    if "classes" not in names and "member_0" in names:  # an ensemble (pipeline/ensemble.py): every member's logits
+        for member in (model.get_layer(n) for n in names if n.startswith("member_")):  # divided by T, then averaged;
+            fold_temperature(member, temperature)  # the threshold is chosen on these outputs, as for any model
+        return
     try:
         layer = model.get_layer("classes")
     except ValueError:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from pipeline.console import progress, quiet
 from pipeline import pixels
+from pipeline.folds import grouped_folds
 from pipeline.images import UnusableImage
 from pipeline.params import LabelReview, Params, load_params
 from pipeline.privacy import image_id
@@ -95,19 +96,6 @@ def extract_features(model, paths: list[Path], size: int, shas: list[str] | None
         if len(x):
             rows.append(np.asarray(model.predict_on_batch(x.astype("float32"))))
     return (np.concatenate(rows) if rows else np.empty((0, 0), np.float32)), unreadable
-
-
-def grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(fit, score) index pairs; every image scored once; a duplicate group lies wholly in one side."""
-    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
-
-    k = min(folds, len(np.unique(groups)))
-    if k < 2:
-        raise StageError("out-of-fold probabilities need at least 2 duplicate groups")
-    if np.bincount(labels).max() < k:  # too few images per class to stratify: groups only
-        return list(GroupKFold(n_splits=k).split(labels, labels, groups))
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(labels)), labels, groups))
 
 
 def fit_head(features: np.ndarray, labels: np.ndarray, seed: int):

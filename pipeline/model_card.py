@@ -73,6 +73,11 @@ Probabilities are temperature-scaled (T = {op['temperature']:.3f}, fitted on the
 """
 
 
+def cv_section(path: Path) -> str:
+    """The cross-validated estimate beside the test split's, in words (pipeline/cv.py writes them)."""
+    return f"## Test split and cross-validated estimate\n{json.loads(path.read_text())['text']}\n" if path.is_file() else ""
+
+
 def render(name: str, version: str, decision: dict, metrics: dict, reports: Path, lineage: dict, classes) -> str:
     best = metrics["best"]
     chosen = metrics["architectures"][best["architecture"]]
@@ -118,6 +123,7 @@ was ever trained on never enters validation, calibration or test:
 ## How the architecture was chosen
 {selection_table(metrics)}
 
+{cv_section(reports / "cv.json")}
 ## Test metrics ({chosen['test']['test_images']} images)
 | metric | estimate | {level} interval |
 |---|---|---|

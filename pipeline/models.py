@@ -149,18 +149,21 @@ class Parts:
 
 
 def build_model(name: str, n_classes: int, weights: str, size: int | None = None, alpha: float = 1.0,
-                dropout: float = 0.0, l2: float = 0.0, seed: int = 0) -> Parts:
-    """Raw RGB pixels (0..255) in, class probabilities out."""
+                dropout: float = 0.0, l2: float = 0.0, seed: int = 0, head: str = "network",
+                title: str | None = None) -> Parts:
+    """Raw RGB pixels (0..255) in, class probabilities out. head "linear" (a probe, pipeline/probe.py):
+    pooled features scaled to unit length, then one Dense softmax layer that a logistic regression fills."""
     import keras
 
     arch = get_arch(name)
     size = size or arch.size
     base = build_base(name, weights, size, alpha, seed)
     prep = preprocessing_layers(arch.preprocess)
-    head = [keras.layers.GlobalAveragePooling2D(name="pool"),
-            keras.layers.Dropout(dropout, seed=seed, name="dropout"),
+    middle = ([keras.layers.UnitNormalization(name="unit_length")] if head == "linear" else
+              [keras.layers.Dropout(dropout, seed=seed, name="dropout")])
+    head = [keras.layers.GlobalAveragePooling2D(name="pool"), *middle,
             keras.layers.Dense(n_classes, activation="softmax", name="classes",
-                               kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
+                               kernel_regularizer=keras.regularizers.L2(l2) if l2 and head != "linear" else None,
                                kernel_initializer=keras.initializers.GlorotUniform(seed))]
     inputs = keras.Input((size, size, 3), name="image")
     x = inputs
@@ -173,4 +176,4 @@ def build_model(name: str, n_classes: int, weights: str, size: int | None = None
     x = base(x, training=False)
     for layer in head:
         x = layer(x)
-    return Parts(keras.Model(inputs, x, name=name), prep, base, head)
+    return Parts(keras.Model(inputs, x, name=title or name), prep, base, head)

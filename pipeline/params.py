@@ -82,6 +82,8 @@ class Architecture:
     weights: str                  # imagenet | none | path to a weights file
     alpha: float = 1.0            # MobileNetV2 width multiplier
     image_size: int | None = None  # null: the architecture's default
+    base: str | None = None       # the network of pipeline/models.py, when the entry's name is not one (a probe)
+    head: str = "network"         # network: trained (two phases); linear: a logistic-regression probe on frozen features
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,19 @@ class Train:
     early_stopping_patience: int
     reduce_lr_patience: int
     reduce_lr_factor: float
+    probe_c: tuple[float, ...]    # linear probes: inverse L2 strengths tried, one chosen by grouped CV on train
+    probe_folds: int              # ... folds of whole duplicate groups
 
+
+@dataclass(frozen=True)
+class Ensemble:
+    top_k: int                    # the probability average of the k best architectures by validation (0: none)
+
+
+@dataclass(frozen=True)
+class Cv:
+    max_images: int               # below this many usable images (train + val), the chosen candidate's procedure
+    folds: int                    # is also run in this many grouped, stratified folds over train + val
 
 @dataclass(frozen=True)
 class Evaluate:
@@ -189,6 +203,8 @@ class Params:
     shift: Shift
     augment: Augment
     train: Train
+    ensemble: Ensemble
+    cv: Cv
     evaluate: Evaluate
     operating_point: OperatingPoint
     export: Export
@@ -207,6 +223,7 @@ GATES = ("point", "lower_bound")
 TRAIN_ON = ("local", "workers")
 ON_SHIFT = ("approve", "hold")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HEADS = ("network", "linear")
 # metrics a non-inferiority test can bound with a stated error rate (linear in per-image correctness)
 LINEAR_METRICS = ("accuracy", "balanced_accuracy")
 
@@ -308,6 +325,7 @@ def check(p: Params) -> Params:
     if p.label_review.folds < 2:
         raise ParamsError(f"label_review.folds is {p.label_review.folds}; allowed: 2 or more")
     _one_of(p.flow.train_on, TRAIN_ON, "flow.train_on")
+    _check_candidates(p)
     _check_shift(p.shift)
     _check_clinic(p.clinic)
     _time_zone(p.flow.timezone, "flow.timezone")
@@ -321,6 +339,27 @@ def _time_zone(name: str, where: str) -> None:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ParamsError(f"{where} is {name!r}, not an IANA time zone name (e.g. UTC, Europe/Madrid)") from None
+
+
+def _check_candidates(p: Params) -> None:
+    """Probes have pretrained features; the ensemble and the CV estimate fit what is trained. (A network name
+    pipeline/models.py lacks, as an entry's name or its `base`, is train's to refuse: models.get_arch.)"""
+    for name, spec in p.train.architectures.items():
+        where = f"train.architectures.{name}"
+        _one_of(spec.head, HEADS, f"{where}.head")
+        if spec.head == "linear" and spec.weights == "none":
+            raise ParamsError(f"{where}: a linear probe needs pretrained features (weights imagenet or a file)")
+    if not p.train.probe_c or min(p.train.probe_c) <= 0:
+        raise ParamsError("train.probe_c must list at least one inverse regularisation strength > 0")
+    if p.train.probe_folds < 2:
+        raise ParamsError(f"train.probe_folds is {p.train.probe_folds}; allowed: 2 or more")
+    k, n = p.ensemble.top_k, len(p.train.architectures)
+    if k != 0 and not 2 <= k <= n:
+        raise ParamsError(f"ensemble.top_k is {k}; allowed: 0 (no ensemble) or 2 to the number of "
+                          f"train.architectures ({n})")
+    if p.cv.folds < 3 or p.cv.max_images < 0:
+        raise ParamsError(f"cv.folds is {p.cv.folds}; allowed: 3 or more (one fold scores, one stops early, "
+                          f"the rest train), and cv.max_images >= 0")
 
 
 def _check_shift(s: Shift) -> None:

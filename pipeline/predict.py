@@ -27,6 +27,17 @@ from pipeline.metrics import threshold_text
 from pipeline.tracking import tracking_uri
 
 
+def strongest_member(model, x: np.ndarray):
+    """(the model Grad-CAM explains, its input): of an ensemble (pipeline/ensemble.py), its strongest member
+    `member_0` and the image as member_0 sees it (through `resize_0`, if any); any other model and x as they are."""
+    names = {layer.name for layer in model.layers}
+    if "member_0" not in names:
+        return model, x
+    if "resize_0" in names:
+        x = np.asarray(model.get_layer("resize_0")(x[None].astype("float32")))[0]
+    return model.get_layer("member_0"), x
+
+
 _CAMS = weakref.WeakKeyDictionary()  # model -> its compiled Grad-CAM (built once: ~10x faster than eager)
 
 
@@ -53,11 +64,17 @@ def _cam_function(model):
 
 
 def _run_cam(model, x: np.ndarray, class_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(map, the model's probabilities); an ensemble: its strongest member's map for the ensemble's class."""
     import tensorflow as tf
 
-    cam, probs = _cam_function(model)(tf.constant(x[None], tf.float32), tf.constant(class_index, tf.int32))
+    member, x_member = strongest_member(model, x)
+    probs = None
+    if member is not model:
+        probs = np.asarray(model(x[None].astype("float32"), training=False))[0]
+        class_index = int(probs.argmax()) if class_index < 0 else class_index
+    cam, member_probs = _cam_function(member)(tf.constant(x_member[None], tf.float32), tf.constant(class_index, tf.int32))
     cam = cam.numpy()
-    return (cam / cam.max() if cam.max() > 0 else cam), probs.numpy()
+    return (cam / cam.max() if cam.max() > 0 else cam), (member_probs.numpy() if probs is None else probs)
 
 
 def gradcam(model, x: np.ndarray, class_index: int) -> np.ndarray:

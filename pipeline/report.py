@@ -191,6 +191,7 @@ def render(reports: Path, manifest: Path, conflicts: Path, card: Path) -> str:
         ("shift", "Shift check (new images vs the champion's reference)",
          shift_section(shift, reports / "shift_atypical.png")),
         ("leaderboard", "Leaderboard", leaderboard_section(board, select_by) if not board.empty else "none"),
+        ("cv", "Test split and cross-validated estimate", f"<p>{escape(read_json(reports / 'cv.json').get('text', 'none'))}</p>"),
         ("confusion", "Confusion matrices (test split)", f'<div class="grid">{confusions}</div>'),
         ("gradcam", "Where the chosen model looked (Grad-CAM, test images)", gradcam_section(reports / "evaluate" / "gradcam")),
         ("validation", "Validation",
@@ -245,7 +246,10 @@ def summary(reports: Path) -> dict:
         "test_low": interval.get("low"), "test_high": interval.get("high"),
         **{"sens_" + k.removeprefix("sensitivity_"): v for k, v in test.items() if k.startswith("sensitivity_")},
     }.items()}
-    op = read_json(reports / "operating_point.json")
+    op, cv = read_json(reports / "operating_point.json"), read_json(reports / "cv.json")
+    if cv.get("ran"):  # the cross-validated estimate of the chosen procedure (pipeline/cv.py), beside the test split's
+        rounded.update({k: round(cv["interval"][key], 3) for k, key in (("cv", "estimate"), ("cv_low", "low"),
+                                                                         ("cv_high", "high"))})
     rounded.update({k: round(v, 3) for k, v in (("refer_threshold", op.get("threshold")),
                                                   ("refer_guaranteed", op.get("guaranteed_sensitivity")))
                     if v is not None})

@@ -82,6 +82,21 @@ class RowFile:
         return out
 
 
+class Subset:
+    """Some rows of another source (Images, RowFile), in the given order, with the same read(idx):
+    cross-validation's folds read the one file of frozen activations every fold shares."""
+
+    def __init__(self, source, idx):
+        self.source, self.idx = source, np.asarray(idx, dtype=int)
+        self.y, self.shape = source.y[self.idx], getattr(source, "shape", ())
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def read(self, idx) -> np.ndarray:
+        return self.source.read(self.idx[np.asarray(idx, dtype=int)])
+
+
 def images_of(rows, raw: Path, classes, size: int) -> Images:
     """The images of some split rows (path, label, sha256) with their class indices."""
     shas = pixels.shas_of(rows)

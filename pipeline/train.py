@@ -7,7 +7,9 @@ so the frozen part runs once per image and its output is cached; only the traina
 trains, on the cache (a file: pipeline/streams.py). `fit_plain` is the ordinary `model.fit` on
 images it is tested against. Images come from the pixel cache a batch at a time, so memory does
 not grow with the number of images.
-An architecture with `weights: none` has nothing frozen and trains end to end.
+An architecture with `weights: none` has nothing frozen and trains end to end; one with
+`head: linear` is a probe (pipeline/probe.py): no gradient training, a logistic regression on the
+frozen features written into its Dense layer.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from pipeline import pixels
 from pipeline.console import quiet
 from pipeline.models import Parts, build_model, get_arch
 from pipeline.params import Params, Train, load_params
+from pipeline.probe import fit_probe
 from pipeline.stage import StageError, one_line_errors, parser, paths
 from pipeline.streams import CHUNK, Images, batches, predict_rows, to_file
 from pipeline.tables import read_split
@@ -47,9 +50,13 @@ class Outputs:
 def read_sets(raw: Path, augmented: Path, split_csv: Path, augmented_csv: Path, classes, size: int) -> dict:
     """The train set (with its augmented images) and the val set, read from the pixel cache a batch at a time."""
     train, val = (read_split(split_csv, s, classes) for s in ("train", "val"))
-    extra = pd.read_csv(augmented_csv, keep_default_na=False)
+    extra = pd.read_csv(augmented_csv, keep_default_na=False, dtype=str)  # group ids as split.csv's: text
     index, cache = {c: i for i, c in enumerate(classes)}, pixels.cache_dir(raw)
-    return {"train": Images([raw / p for p in train.path] + [augmented / p for p in extra.path],
+    groups = [g or p for g, p in zip(train.group_id, train.path)] + [g or p for g, p in zip(extra.group_id,
+                                                                                              extra.source_path)]
+    return {"train_groups": np.array(groups, dtype=object),  # an augmented image is in its source's group
+            "train_originals": len(train),  # the split's own images come first, augment's copies after them
+            "train": Images([raw / p for p in train.path] + [augmented / p for p in extra.path],
                             pixels.shas_of(train) + [""] * len(extra),
                             np.array([index[c] for c in list(train.label) + list(extra.label)], dtype=int), size, cache),
             "val": Images([raw / p for p in val.path], pixels.shas_of(val), np.array([index[c] for c in val.label], dtype=int),
@@ -124,8 +131,16 @@ def split_base(parts: Parts, cut: int | None):
     return front, keras.Model(base.layers[cut].output, base.output)
 
 
+def frozen_part(parts: Parts, params: Train):
+    """pixels -> what fit_cached keeps of the frozen network: activations at the fine-tuning cut (or the base's
+    output when nothing is fine-tuned). The same for every model built with the same pretrained weights."""
+    parts.base.trainable = False
+    return split_base(parts, find_cut(parts.base, params.finetune_layers) if finetunes(params) else None)[0]
+
+
 def fit_cached(parts: Parts, data: dict, params: Train, weights, log) -> None:
-    """Both phases, with everything frozen computed once per image.
+    """Both phases, with everything frozen computed once per image (`data["train_frozen"]` and
+    `data["val_frozen"]`, when given, are those activations already: frozen_part's outputs).
 
     The frozen bottom runs once up to the fine-tuning cut, its activations kept in a file; phase 1
     gets its features by running only the small top on those activations, phase 2 trains the top
@@ -139,7 +154,8 @@ def fit_cached(parts: Parts, data: dict, params: Train, weights, log) -> None:
     base.trainable = False
     front, top = split_base(parts, cut)
     with tempfile.TemporaryDirectory(prefix="train-rows-") as tmp:
-        a, av = (to_file(front, data[k], Path(tmp) / f"{k}.act", f"train: frozen part ({k})") for k in ("train", "val"))
+        a, av = (data[f"{k}_frozen"] if f"{k}_frozen" in data else  # cross-validation: computed once for all folds
+                 to_file(front, data[k], Path(tmp) / f"{k}.act", f"train: frozen part ({k})") for k in ("train", "val"))
         cached = keras.Input(a.shape)
         pooled = keras.Model(cached, head[0](top(cached, training=False) if top else cached))
         f, fv = (to_file(pooled, z, Path(tmp) / f"{k}.features") for k, z in (("train", a), ("val", av)))
@@ -173,9 +189,18 @@ def fit_scratch(parts: Parts, data: dict, params: Train, weights, log) -> None:
                 params.head_epochs + params.finetune_epochs, weights, log("scratch"))
 
 
+def fit_model(parts: Parts, data: dict, spec, settings: Train, weights, log, seed: int) -> dict:
+    """An architecture's whole training procedure (what cross-validation repeats); what it chose, if anything."""
+    if spec.head == "linear":
+        return fit_probe(parts, data, settings, weights, log, seed)
+    (fit_scratch if spec.weights == "none" else fit_cached)(parts, data, settings, weights, log)
+    return {}
+
+
 def log_run_params(mlflow, name: str, spec, size: int, params: Train, seed: int, data: dict) -> None:
     resolved = {k: v for k, v in vars(params).items() if k != "architectures"}
-    mlflow.log_params({"architecture": name, "weights": spec.weights, "alpha": spec.alpha, "image_size": size,
+    mlflow.log_params({"architecture": name, "network": spec.base or name, "head": spec.head,
+                       "weights": spec.weights, "alpha": spec.alpha, "image_size": size,
                        "seed": seed, "train_images": len(data["train"]), "val_images": len(data["val"]),
                        **resolved})
 
@@ -200,20 +225,22 @@ def log_validation(mlflow, model, data: dict, classes, out_dir: Path) -> dict:
     return scores
 
 
-def fit_and_save(mlflow, parts: Parts, data: dict, spec, settings: Train, weights, classes, out_dir: Path) -> dict:
+def fit_and_save(mlflow, parts: Parts, data: dict, spec, settings: Train, weights, classes, out_dir: Path,
+                 seed: int = 0) -> dict:
     """Train in the active MLflow run; save the model and its history in out_dir; what it took and scored."""
     from pipeline.tracking import History
 
     history, start = History(mlflow), time.perf_counter()
-    fit = fit_scratch if spec.weights == "none" else fit_cached
-    fit(parts, data, settings, weights, history)
+    extra = fit_model(parts, data, spec, settings, weights, history, seed)
+    if "probe_c" in extra:
+        mlflow.log_params({"probe_c_chosen": extra["probe_c"]})
     seconds = time.perf_counter() - start
     parts.model.save(out_dir / "model.keras")
     pd.DataFrame(history.rows).to_csv(out_dir / "history.csv", index=False)
     return {"training_seconds": round(seconds, 2), "epochs": len(history.rows),
             "params": int(parts.model.count_params()),
             "trainable_params": int(sum(np.prod(w.shape) for w in parts.model.trainable_weights)),
-            "model_bytes": (out_dir / "model.keras").stat().st_size,
+            "model_bytes": (out_dir / "model.keras").stat().st_size, **extra,
             **log_validation(mlflow, parts.model, data, classes, out_dir)}
 
 
@@ -228,11 +255,13 @@ def run(params: Params, inputs: Inputs, outputs: Outputs, name: str) -> dict:
     base_p, settings, out_dir = params.base, params.train, outputs.out
     if name not in settings.architectures:
         raise StageError(f"{name} is not in train.architectures ({', '.join(settings.architectures)})")
-    spec, size = settings.architectures[name], settings.architectures[name].image_size or get_arch(name).size
+    spec = settings.architectures[name]
+    network = spec.base or name  # a probe's entry names its network as `base`
+    size = spec.image_size or get_arch(network).size
     keras.utils.set_random_seed(base_p.seed)
     tf.config.experimental.enable_op_determinism()
-    parts = build_model(name, len(base_p.classes), spec.weights, size, spec.alpha, settings.dropout, settings.l2,
-                        base_p.seed)
+    parts = build_model(network, len(base_p.classes), spec.weights, size, spec.alpha, settings.dropout, settings.l2,
+                        base_p.seed, head=spec.head, title=name)
     data = read_sets(inputs.raw, inputs.augmented, inputs.split, inputs.augmented_csv, base_p.classes, size)
     weights = class_weights(data["train"].y, len(base_p.classes)) if settings.class_weights else None
     experiment = tracking.setup(settings.experiment)
@@ -243,7 +272,7 @@ def run(params: Params, inputs: Inputs, outputs: Outputs, name: str) -> dict:
             mlflow.start_run(run_name=f"{name} data {lineage['data_version'][:8]}", nested=True, experiment_id=experiment,
                              tags={"architecture": name, **lineage}) as child:
         log_run_params(mlflow, name, spec, size, settings, base_p.seed, data)
-        summary = fit_and_save(mlflow, parts, data, spec, settings, weights, base_p.classes, out_dir)
+        summary = fit_and_save(mlflow, parts, data, spec, settings, weights, base_p.classes, out_dir, base_p.seed)
         mlflow.log_metrics({k: v for k, v in summary.items() if k != "epochs"})
         mlflow.log_artifact(str(out_dir / "history.csv"))
         tracking.log_keras_model(parts.model, data["val"].read([0]).astype("float32"))
@@ -267,8 +296,9 @@ def main(argv: list[str] | None = None) -> None:
             s = run(load_params(args.params), paths(Inputs, args), paths(Outputs, args), args.arch)
         except (WeightsUnavailable, ValueError) as err:  # no weights file, an unknown architecture, data Keras refuses
             raise StageError(str(err)) from None
+    how = f"C {s['probe_c']:g} chosen by grouped CV" if "probe_c" in s else f"{s['epochs']} epochs"
     print(f"train@{args.arch}: val balanced accuracy {s['val_balanced_accuracy']:.3f} "
-          f"in {s['training_seconds']:.0f}s ({s['epochs']} epochs); MLflow run {s['run_id']}")
+          f"in {s['training_seconds']:.0f}s ({how}); MLflow run {s['run_id']}")
 
 
 if __name__ == "__main__":

@@ -114,8 +114,8 @@ def model_sizes(params: Params) -> tuple[int, ...]:
     A name the architecture table lacks is train's to refuse; whatever size is asked later is made on first use."""
     from pipeline.models import ARCHITECTURES
 
-    sizes = {spec.image_size or ARCHITECTURES[name].size for name, spec in params.train.architectures.items()
-             if spec.image_size or name in ARCHITECTURES}
+    sizes = {spec.image_size or ARCHITECTURES[spec.base or name].size for name, spec in params.train.architectures.items()
+             if spec.image_size or (spec.base or name) in ARCHITECTURES}
     return tuple(sorted(sizes | {params.label_review.image_size}))
 
 

@@ -73,6 +73,17 @@ REJECTED = {
     "one class": (lambda p: p["base"].update(classes=["cancer"], positive_classes=["cancer"]),
                   r"base\.classes needs at least two distinct names"),
     "unknown train_on": (lambda p: p["flow"].update(train_on="cloud"), r"flow\.train_on is 'cloud'"),
+    "unknown head": (lambda p: p["train"]["architectures"]["MobileNetV2"].update(head="mlp"),
+                     r"train\.architectures\.MobileNetV2\.head is 'mlp'; allowed: network, linear"),
+    "probe without pretrained features": (
+        lambda p: p["train"]["architectures"].update(probe={"base": "SmallCNN", "head": "linear", "weights": "none"}),
+        r"train\.architectures\.probe: a linear probe needs pretrained features"),
+    "no probe C": (lambda p: p["train"].update(probe_c=[]), r"train\.probe_c must list at least one"),
+    "probe C not positive": (lambda p: p["train"].update(probe_c=[0, 1]), r"train\.probe_c must list"),
+    "one probe fold": (lambda p: p["train"].update(probe_folds=1), r"train\.probe_folds is 1"),
+    "an ensemble of one": (lambda p: p["ensemble"].update(top_k=1), r"ensemble\.top_k is 1; allowed: 0 \(no ensemble\)"),
+    "an ensemble of more than there are": (lambda p: p["ensemble"].update(top_k=9), r"ensemble\.top_k is 9"),
+    "two cv folds": (lambda p: p["cv"].update(folds=2), r"cv\.folds is 2; allowed: 3 or more"),
 }
 
 

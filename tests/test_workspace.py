@@ -11,12 +11,18 @@ from flows.workspace import newest_change, stage_order, workspace_lock
 from tests.conftest import ROOT
 
 
+def position_of(order: list[str], stage: str) -> int:
+    return order.index(stage)
+
+
 def test_stage_order_is_dvcs_graph():
     order = stage_order(ROOT)
     trains = [f"train@{arch}" for arch in yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["architectures"]]
     assert order[:3] == ["validate", "dedup", "split"]
-    assert sorted(order) == sorted(["validate", "dedup", "split", "shift", "augment", *trains,
-                                    "evaluate", "export", "register", "label_review", "report"])  # foreach expanded by DVC
+    assert sorted(order) == sorted(["validate", "dedup", "split", "shift", "augment", *trains, "ensemble",
+                                    "evaluate", "cv", "export", "register", "label_review", "report"])  # foreach expanded
+    assert max(position_of(order, t) for t in trains) < position_of(order, "ensemble") < position_of(order, "evaluate")
+    assert position_of(order, "evaluate") < position_of(order, "cv") < position_of(order, "register")
     position = {stage: i for i, stage in enumerate(order)}
     assert position["augment"] < min(position[t] for t in trains)
     assert max(position[t] for t in trains) < position["evaluate"]
