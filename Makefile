@@ -88,6 +88,7 @@ test-deps:
 	@command -v chromium >/dev/null || { $(APT) chromium >/dev/null; }
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { $(APT) postgresql >/dev/null; }
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { $(APT) nginx-light >/dev/null; }
+	@command -v ip >/dev/null || test -x /usr/sbin/ip || { $(APT) iproute2 >/dev/null; }
 
 # two pytest processes, whole modules each: most of a test's time is waiting on servers and stage
 # subprocesses, so two side by side use the cores that one leaves idle more than half the time
