@@ -19,7 +19,8 @@ from PIL import Image, ImageEnhance
 
 from pipeline.console import progress, quiet
 from pipeline.pixels import cache_dir, preview, shas_of
-from pipeline.privacy import image_id, save_png
+from pipeline.images import save_png
+from pipeline.privacy import image_id
 from pipeline.params import Augment, Params, load_params
 from pipeline.stage import one_line_errors, parser, paths
 from pipeline.tables import read_split

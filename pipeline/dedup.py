@@ -25,7 +25,8 @@ from scipy.sparse.csgraph import connected_components
 
 from pipeline.console import progress, quiet
 from pipeline.images import load_rgb
-from pipeline.privacy import image_id, save_png
+from pipeline.images import save_png
+from pipeline.privacy import image_id
 from pipeline.hamming import near_pairs
 from pipeline.pixels import VERSION, cache_dir, preview, preview_of
 from pipeline.params import Dedup, Params, load_params

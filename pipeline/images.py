@@ -235,3 +235,9 @@ def model_input_and_image(source: Path | bytes, size: int, max_pixels: int = 40_
     """The model input and the decoded RGB image it was made from (a large JPEG at its DCT scale), from one decode."""
     rgb = load_rgb(source, max_pixels, min_side=size)
     return resize_rgb(rgb, size), rgb
+
+
+def save_png(image: Image.Image, target) -> None:
+    """An image's pixels as PNG and nothing else: no EXIF, XMP, text, ICC profile or date (Pillow copies
+    some of them from `image.info` when asked, and 11.0 wrote XMP unasked)."""
+    Image.fromarray(np.asarray(image)).save(target, format="PNG", compress_level=1)

@@ -186,7 +186,7 @@ def example_png(sample: Path, side: int = 224) -> bytes:
     """The input example MLflow keeps with the model: a test image's pixels, shrunk, as PNG and nothing else.
     Never the original's bytes: they carry its EXIF/XMP (GPS, dates, serials) into the MLflow store."""
     from pipeline.images import load_rgb
-    from pipeline.privacy import save_png
+    from pipeline.images import save_png
 
     image = load_rgb(sample, min_side=side)
     image.thumbnail((side, side))

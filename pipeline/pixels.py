@@ -35,8 +35,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.console import progress
-from pipeline.privacy import save_png  # pixels only: no metadata of the original reaches the cache
-from pipeline.images import (BACKGROUND, RESIZE_CONTRACT, ImageInfo, UnusableImage, dct_scale, decode,
+from pipeline.images import (BACKGROUND, RESIZE_CONTRACT, ImageInfo, UnusableImage, dct_scale, decode, save_png,
                              describe, float_bands, load_rgb, model_input, resize_rgb)
 
 PREVIEW_SIDE = 320  # >= every model size, so augmented images are never upsampled

@@ -178,14 +178,6 @@ def metadata_in_image(path: Path) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def save_png(image: Image.Image, target) -> None:
-    """An image's pixels as PNG and nothing else: no EXIF, XMP, text, ICC profile or date (Pillow copies
-    some of them from `image.info` when asked, and 11.0 wrote XMP unasked)."""
-    import numpy as np
-
-    Image.fromarray(np.asarray(image)).save(target, format="PNG", compress_level=1)
-
-
 def is_image(path: Path) -> bool:
     """An image file the pipeline wrote. Page assets (the Data Docs' bundled icons, under `static/`) are no
     one's photo: Great Expectations ships a GIF with a comment in it."""
