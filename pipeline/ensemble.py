@@ -88,8 +88,9 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     base, k, select_by = params.base, params.ensemble.top_k, params.evaluate.select_by
     outputs.out.mkdir(parents=True, exist_ok=True)
     (outputs.out / "model.keras").unlink(missing_ok=True)
-    if k == 0:
-        info = {"architecture": NAME, "members": [], "reason": "ensemble.top_k is 0: no ensemble"}
+    if min(k, len(params.train.architectures)) < 2:
+        info = {"architecture": NAME, "members": [], "reason": "ensemble.top_k is 0 or fewer than two "
+                "architectures are trained: no ensemble"}
         (outputs.out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
         return info
     val = read_split(inputs.split, "val", base.classes)

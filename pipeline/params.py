@@ -353,10 +353,9 @@ def _check_candidates(p: Params) -> None:
         raise ParamsError("train.probe_c must list at least one inverse regularisation strength > 0")
     if p.train.probe_folds < 2:
         raise ParamsError(f"train.probe_folds is {p.train.probe_folds}; allowed: 2 or more")
-    k, n = p.ensemble.top_k, len(p.train.architectures)
-    if k != 0 and not 2 <= k <= n:
-        raise ParamsError(f"ensemble.top_k is {k}; allowed: 0 (no ensemble) or 2 to the number of "
-                          f"train.architectures ({n})")
+    k = p.ensemble.top_k
+    if k < 0 or k == 1:  # more than there are architectures: all of them (fewer than two: no ensemble)
+        raise ParamsError(f"ensemble.top_k is {k}; allowed: 0 (no ensemble) or 2 or more")
     if p.cv.folds < 3 or p.cv.max_images < 0:
         raise ParamsError(f"cv.folds is {p.cv.folds}; allowed: 3 or more (one fold scores, one stops early, "
                           f"the rest train), and cv.max_images >= 0")

@@ -82,7 +82,7 @@ REJECTED = {
     "probe C not positive": (lambda p: p["train"].update(probe_c=[0, 1]), r"train\.probe_c must list"),
     "one probe fold": (lambda p: p["train"].update(probe_folds=1), r"train\.probe_folds is 1"),
     "an ensemble of one": (lambda p: p["ensemble"].update(top_k=1), r"ensemble\.top_k is 1; allowed: 0 \(no ensemble\)"),
-    "an ensemble of more than there are": (lambda p: p["ensemble"].update(top_k=9), r"ensemble\.top_k is 9"),
+    "a negative ensemble": (lambda p: p["ensemble"].update(top_k=-2), r"ensemble\.top_k is -2"),
     "two cv folds": (lambda p: p["cv"].update(folds=2), r"cv\.folds is 2; allowed: 3 or more"),
 }
 
