@@ -61,8 +61,9 @@ def train_settings(**changes):
 SMALL_DATA = {"validate": {"min_images_per_class": 5}}
 
 
-# A whole pipeline run in about a minute: the flow tests and the browser tests train both architectures
-TINY_PIPELINE = {"validate": {"min_images_per_class": 8}, "augment": {"target_per_class": 20},
+# A whole pipeline run in about a minute: the flow tests and the browser tests train both architectures.
+# No cross-validated estimate (it retrains the chosen candidate once per fold): tests/test_cv.py runs it.
+TINY_PIPELINE = {"cv": {"max_images": 0}, "validate": {"min_images_per_class": 8}, "augment": {"target_per_class": 20},
                  "train": {"head_epochs": 1, "finetune_epochs": 1, "batch_size": 16,
                            "architectures": {"MobileNetV2": {"weights": "imagenet", "alpha": 0.35},
                                              "SmallCNN": {"weights": "none", "image_size": 48}}},
@@ -70,7 +71,7 @@ TINY_PIPELINE = {"validate": {"min_images_per_class": 8}, "augment": {"target_pe
                  "register": {"min_sensitivity": {"cancer": 0.0}, "min_specificity": 0.0},
                  "flow": {"quiet_seconds": 0, "retries": 0, "retry_delay_seconds": 1}}
 # ... and against the stack, one small architecture without ImageNet weights
-TINY_STACK = {"validate": {"min_images_per_class": 8}, "augment": {"target_per_class": 16},
+TINY_STACK = {"cv": {"max_images": 0}, "validate": {"min_images_per_class": 8}, "augment": {"target_per_class": 16},
               "train": {"head_epochs": 1, "finetune_epochs": 0, "batch_size": 16,
                         "architectures": {"SmallCNN": {"weights": "none", "image_size": 32}}},
               "evaluate": {"bootstrap": 20}, "export": {"latency_repeats": 2},

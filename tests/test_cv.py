@@ -75,3 +75,39 @@ def test_a_large_set_is_not_cross_validated(tmp_path):
                                    tmp_path / "m.json"), cv.Outputs(tmp_path / "cv.json"))
     assert not out["ran"] and "24 train + val images" in out["reason"]
     assert json.loads((tmp_path / "cv.json").read_text())["test"]["value"] == 0.5
+
+
+def test_the_stage_writes_both_numbers_and_logs_the_estimate_on_the_chosen_run(tmp_path, monkeypatch):
+    """cv.run on a small set: cv.json holds the cross-validated interval beside the test split's, the text
+    says which question each answers, and the chosen run and the pipeline's parent run carry the metrics."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    raw = tiny_project(tmp_path)
+    params = shrunk(tmp_path, train={"head_epochs": 1, "finetune_epochs": 0, "batch_size": 8,
+                                     "architectures": {"SmallCNN": {"weights": "none", "image_size": 16}}},
+                    cv={"folds": 3, "max_images": 1000}, evaluate={"bootstrap": 50})
+    client = MlflowClient()
+    experiment = client.create_experiment(params.train.experiment, artifact_location=(tmp_path / "mlruns").as_uri())
+    parent = client.create_run(experiment).info.run_id
+    child = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "run.json").write_text(json.dumps({"run_id": child, "parent_run_id": parent}))
+    metrics = {"best": {"architecture": "SmallCNN", "test_value": 0.5, "test_interval": {"low": 0.2, "high": 0.8},
+                        "run_id": child, "model": str(tmp_path / "m" / "model.keras")},
+               "architectures": {"SmallCNN": {}}}
+    (tmp_path / "m.json").write_text(json.dumps(metrics))
+
+    out = cv.run(params, cv.Inputs(raw, tmp_path / "aug", tmp_path / "split.csv", tmp_path / "aug.csv",
+                                   tmp_path / "m.json"), cv.Outputs(tmp_path / "cv.json"))
+    written = json.loads((tmp_path / "cv.json").read_text())
+    assert written["ran"] and written["folds"] == 3 and written["images"] == 24 and written["procedure"] == ["SmallCNN"]
+    ci = written["interval"]
+    assert 0 <= ci["low"] <= ci["estimate"] <= ci["high"] <= 1 and len(written["per_fold"]) == 3
+    assert "Test split" in out["text"] and "Cross-validated (3 grouped, stratified folds" in out["text"]
+    m = params.evaluate.select_by
+    for run_id in (child, parent):
+        logged = client.get_run(run_id).data
+        assert logged.metrics[f"cv_{m}_low"] == ci["low"] and logged.metrics["cv_folds"] == 3
+        assert logged.tags["cv_answers"] == written["questions"]["cv"]

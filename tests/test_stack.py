@@ -252,8 +252,8 @@ def test_demo_pipeline_against_the_stack(stack, tmp_path):
 
     # the planted values, names and thumbnails: none in MLflow's database or bucket, nor in Prefect's database
     stores = stack_stores(stack)
-    logs = httpx.post(f"{values['PREFECT_API_URL']}/logs/filter", json={"limit": 200}).json()
-    prefect_artifacts = httpx.post(f"{values['PREFECT_API_URL']}/artifacts/filter", json={}).json()
+    logs = httpx.post(f"{values['PREFECT_API_URL']}/logs/filter", json={"limit": 200}, auth=stack.prefect_auth()).json()
+    prefect_artifacts = httpx.post(f"{values['PREFECT_API_URL']}/artifacts/filter", json={}, auth=stack.prefect_auth()).json()
     assert len(logs) > 20 and {"retrain-decision", "leaderboard"} <= {a["key"] for a in prefect_artifacts}  # not a vacuous search
     assert any(k.endswith("report/index.html") for k in stores) and any(k.endswith("_test_predictions.csv") for k in stores)
     secrets = [v.encode() for v in planted["values"] + planted["names"]] + planted["thumbnails"]

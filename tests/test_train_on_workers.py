@@ -102,7 +102,8 @@ def test_two_workers_train_two_architectures_and_the_parent_retrains_nothing(sta
     experiment = client.get_experiment_by_name("oralscan")
     trained = [r for r in client.search_runs([experiment.experiment_id]) if "architecture" in r.data.tags]
     per_arch = sorted(r.data.tags["architecture"] for r in trained)
-    assert per_arch == ["MobileNetV2", "SmallCNN"], per_arch  # one training run each: none by the parent
+    # one training run each, none by the parent; the ensemble's run (the parent's) averages the two, it trains nothing
+    assert per_arch == ["MobileNetV2", "SmallCNN", "ensemble"], per_arch
     parents = {r.data.tags.get("mlflow.parentRunId") for r in trained}
     assert len(parents) == 1 and None not in parents  # both under the pipeline's one parent run
     versions = client.search_model_versions("name = 'oralscan-classifier'")
