@@ -3,7 +3,7 @@
     python -m clinic users add NAME --role viewer|clinician|admin   # the password is read from standard input
     python -m clinic users list
     python -m clinic users remove NAME
-    python -m clinic serve                                            # clinic.host:clinic.port from params.yaml
+    python -m clinic serve [--host H --port P]                        # default clinic.host:clinic.port (params.yaml)
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--role", required=True, choices=accounts.ROLES)
     users.add_parser("list", help="names and roles")
     users.add_parser("remove", help="delete a user").add_argument("name")
-    sub.add_parser("serve", help="start the clinic's page")
+    serve_parser = sub.add_parser("serve", help="start the clinic's page")
+    serve_parser.add_argument("--host", help="default: clinic.host (the stack passes its own)")
+    serve_parser.add_argument("--port", type=int, help="default: clinic.port")
     return parser
 
 
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     db = root / settings.accounts
     try:
         if args.command == "serve":
-            serve(root, settings)
+            serve(root, settings, args.host or settings.host, args.port or settings.port)
         elif args.action == "add":
             accounts.add_user(db, args.name, args.role, read_password())
             print(f"clinic: {args.name} is a {args.role} ({db})")
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"clinic: {err}") from None
 
 
-def serve(root: Path, settings) -> None:
+def serve(root: Path, settings, host: str, port: int) -> None:
     import uvicorn
 
     from clinic.app import create_app
@@ -74,9 +76,12 @@ def serve(root: Path, settings) -> None:
     quiet(tensorflow=True)
     if not accounts.users(root / settings.accounts):
         print("clinic: no accounts yet: python -m clinic users add NAME --role admin", file=sys.stderr)
-    print(f"clinic: http://{settings.host}:{settings.port}/", file=sys.stderr)
+    print(f"clinic: http://{host}:{port}/", file=sys.stderr)
     os.chdir(root)  # MLflow's default store (no server configured) is the project's mlflow.db
-    uvicorn.run(create_app(root), host=settings.host, port=settings.port, log_level="warning")
+    # behind the stack's TLS front (nginx on the same host) requests arrive with X-Forwarded-Proto https:
+    # trusted from loopback only, so the session cookie is marked Secure there
+    uvicorn.run(create_app(root), host=host, port=port, log_level="warning", proxy_headers=True,
+                forwarded_allow_ips="127.0.0.1")
 
 
 if __name__ == "__main__":

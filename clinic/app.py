@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from clinic import approvals, photo, review
-from clinic.web import FLASH, COOKIE, Refusal, Sessions, User, check_csrf, require, safe_next
+from clinic.web import FLASH, COOKIE, Refusal, Sessions, Throttle, User, check_csrf, require, safe_next
 from pipeline.params import load_params
 
 HERE = Path(__file__).resolve().parent
@@ -57,7 +57,7 @@ def create_app(root: Path) -> FastAPI:
     root = Path(root).resolve()
     params = load_params(root / "params.yaml")
     settings, classes, name = params.clinic, list(params.base.classes), params.register.model_name
-    sessions = Sessions(root / settings.accounts, settings.session_minutes)
+    sessions, throttle = Sessions(root / settings.accounts, settings.session_minutes), Throttle()
     paths = review.Paths.of(root)
     champion, predict_lock = Champion(name), threading.Lock()
     scored = {}  # (champion version, sha256) -> the champion's probabilities of a conflict image
@@ -129,11 +129,18 @@ def create_app(root: Path) -> FastAPI:
         form = await request.form()
         sessions.check_login_token(str(form.get("token", "")))
         who = str(form.get("name", "")).strip()
+        if throttle.locked(who):
+            return page(request, "login.html", None, 429, token=sessions.login_token(), next=safe_next(form.get("next")),
+                        error=f"Too many wrong passwords for this name: try again in {throttle.window // 60} minutes, "
+                              "or ask an administrator.")
         if await run_in_threadpool(authenticate, sessions.db, who, str(form.get("password", ""))) is None:
+            throttle.failed(who)
             return page(request, "login.html", None, 401, token=sessions.login_token(), next=safe_next(form.get("next")),
                         error="Wrong name or password.")
+        throttle.succeeded(who)
         response = RedirectResponse(safe_next(str(form.get("next", "/"))), status_code=303)
-        response.set_cookie(COOKIE, sessions.start(who), max_age=sessions.seconds, httponly=True, samesite="strict")
+        response.set_cookie(COOKIE, sessions.start(who), max_age=sessions.seconds, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")  # over TLS (the stack's front) never sent in clear
         return response
 
     @app.post("/logout")

@@ -4,12 +4,15 @@ A session is a cookie signed with the key kept in the accounts database (itsdang
 Starlette sign theirs), holding the user's name and a random CSRF token; it expires after
 clinic.session_minutes. The role is read from the accounts database on every request, so a removed
 user or a changed role counts at once. Every form carries the session's CSRF token; a POST without
-it is refused.
+it is refused. Wrong passwords are throttled per account name: after `Throttle.attempts` failures within
+`Throttle.window` seconds the name is refused, even with the right password, until the window has passed.
 """
 from __future__ import annotations
 
 import hmac
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +74,31 @@ class Sessions:
             self.login_signer.loads(token or "", max_age=3600)
         except BadSignature:
             raise Refusal(400, "The sign-in form was stale or not from this site; please try again.") from None
+
+
+class Throttle:
+    """Failed sign-ins per account name (in memory: a restart forgets them, as a locked-out clinician would want)."""
+
+    attempts, window = 5, 15 * 60
+
+    def __init__(self):
+        self.failures: dict[str, list[float]] = {}
+        self.lock = threading.Lock()
+
+    def locked(self, name: str, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        with self.lock:
+            recent = [t for t in self.failures.get(name.lower(), []) if now - t < self.window]
+            self.failures[name.lower()] = recent
+            return len(recent) >= self.attempts
+
+    def failed(self, name: str, now: float | None = None) -> None:
+        with self.lock:
+            self.failures.setdefault(name.lower(), []).append(time.time() if now is None else now)
+
+    def succeeded(self, name: str) -> None:
+        with self.lock:
+            self.failures.pop(name.lower(), None)
 
 
 def require(user: User, needed: str, what: str) -> None:

@@ -35,10 +35,10 @@ import stack_auth  # noqa: E402
 import stack_tls  # noqa: E402
 from stack_proc import pid_of, stop_group  # noqa: E402
 from stack_servers import (client_values, mlflow_env, postgres_url, prefect_env, s3_client,  # noqa: E402,F401
-                           start_mlflow, start_prefect, start_s3, start_tls_front)
+                           start_clinic, start_mlflow, start_prefect, start_s3, start_tls_front)
 from stack_tls import inner_host  # noqa: E402
 BIN = Path(sys.executable).parent
-DAEMONS = ("s3", "mlflow", "prefect", "nginx")  # started in their own session: stopping the group stops their children
+DAEMONS = ("s3", "mlflow", "prefect", "clinic", "nginx")  # started in their own session: stopping the group stops their children
 # PostgreSQL's data when the postgres user cannot reach STACK_DIR (root's home is mode 700): one folder per stack
 PG_HOME = Path("/var/lib/oralscan-stack")
 
@@ -205,6 +205,7 @@ def up(root: Path) -> None:
     start_s3(s, d, sec)
     start_mlflow(s, d, sec)
     start_prefect(s, d, sec)
+    start_clinic(s, d, sec, root)
     start_tls_front(s, d)
     configure_dvc(s, d, sec, root)
     env = write_env(s, d, sec)

@@ -109,6 +109,20 @@ def start_prefect(s: dict, d: Path, sec: dict) -> None:
         start_worker(s, d, sec, f"worker-{i}")
 
 
+def start_clinic(s: dict, d: Path, sec: dict, root: Path) -> None:
+    """The clinic's page (clinic/) for `root`: it reads the registry as MLflow's release account (it may move
+    @champion, never log runs; the clinic's own roles decide who may ask it to) and resumes waiting flow runs
+    with Prefect's auth string. Its users are its own (python -m clinic users add)."""
+    port = s.get("STACK_CLINIC_PORT")
+    if not port:
+        return
+    env = {**prefect_env(s, d, sec), **client_values(s, d, sec), "STACK_DIR": str(d),
+           "MLFLOW_TRACKING_USERNAME": "release", "MLFLOW_TRACKING_PASSWORD": sec["MLFLOW_RELEASE_PASSWORD"]}
+    cmd = [str(BIN / "python"), "-m", "clinic", "--root", str(root), "serve", "--host", inner_host(s), "--port", port]
+    start_daemon(d, "clinic", cmd, env, cwd=root)
+    wait_for(f"http://{inner_host(s)}:{port}/health", 240, "clinic", d)
+
+
 def client_values(s: dict, d: Path, sec: dict) -> dict:
     """What every client needs to find the stack and sign in as the pipeline: the contents of $STACK_DIR/env
     (mode 600). Beyond loopback the addresses are TLS ones, with the CA file clients verify them with."""
@@ -122,7 +136,8 @@ def client_values(s: dict, d: Path, sec: dict) -> dict:
             "STACK_S3_ENDPOINT": f"{web}://{host}:{s['STACK_S3_PORT']}",
             "STACK_DVC_ACCESS_KEY_ID": sec["S3_DVC_ACCESS_KEY_ID"],
             "STACK_DVC_SECRET_ACCESS_KEY": sec["S3_DVC_SECRET_ACCESS_KEY"],
-            "STACK_WORK_POOL": s["STACK_WORK_POOL"], **stack_tls.client_tls(tls)}
+            "STACK_WORK_POOL": s["STACK_WORK_POOL"], **stack_tls.client_tls(tls),
+            **({"STACK_CLINIC_URL": f"{web}://{host}:{s['STACK_CLINIC_PORT']}/"} if s.get("STACK_CLINIC_PORT") else {})}
 
 
 def start_worker(s: dict, d: Path, sec: dict, name: str) -> None:

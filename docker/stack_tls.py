@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PUBLIC = ("STACK_MLFLOW_PORT", "STACK_PREFECT_PORT", "STACK_S3_PORT")  # what nginx fronts
+PUBLIC = ("STACK_MLFLOW_PORT", "STACK_PREFECT_PORT", "STACK_S3_PORT", "STACK_CLINIC_PORT")  # what nginx fronts (if set)
 
 
 def loopback(host: str) -> bool:
@@ -102,7 +102,7 @@ def nginx_conf(s: dict, d: Path, tls: dict) -> str:
             proxy_set_header Upgrade $http_upgrade;  # Prefect's events websocket
             proxy_set_header Connection $connection_upgrade;
         }}
-    }}""" for port in PUBLIC)
+    }}""" for port in PUBLIC if s.get(port))
     tmp = d / "nginx" / "tmp"
     return f"""daemon off;
 pid {d / 'nginx' / 'nginx.pid'};

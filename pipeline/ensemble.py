@@ -9,8 +9,8 @@ and early-stopped them.
 
 The model takes one input, RGB pixels 0..255 at the largest member's size (its metadata, TFLite
 file and pyfunc contract are those of any architecture); a member with a smaller input gets a
-bilinear `Resizing` layer in front of it (close to, not identical with, the antialiased resize its
-pixel-cache inputs were made with). Members are renamed `member_0` (the strongest) to `member_<k-1>`;
+bilinear resize in front of it (`pipeline.keras_io.Resize`, not the stock `Resizing` layer, which
+exports wrongly; close to, not identical with, the antialiased resize its pixel-cache inputs were made with). Members are renamed `member_0` (the strongest) to `member_<k-1>`;
 Grad-CAM of the ensemble is the Grad-CAM of `member_0`, for the ensemble's predicted class
 (pipeline/predict.py `strongest_member`).
 """
@@ -59,21 +59,23 @@ def build_ensemble(members: list, sizes: list[int]):
     and the mean of their probabilities."""
     import keras
 
+    from pipeline.keras_io import Resize
+
     size = max(sizes)
     image = keras.Input((size, size, 3), name="image")
     outputs = []
     for i, (member, own) in enumerate(zip(members, sizes)):
         member.name = f"member_{i}"
-        x = image if own == size else keras.layers.Resizing(own, own, interpolation="bilinear", name=f"resize_{i}")(image)
+        x = image if own == size else Resize(own, name=f"resize_{i}")(image)
         outputs.append(member(x))
     return keras.Model(image, keras.layers.Average(name="mean")(outputs), name=NAME)
 
 
 def validation_scores(name: str, models: Path, val, raw: Path, base, bins: int) -> tuple[object, int, dict]:
-    import keras
+    from pipeline.keras_io import load_model
 
     info = json.loads((models / name / "run.json").read_text())
-    model = keras.saving.load_model(models / name / "model.keras")
+    model = load_model(models / name / "model.keras")
     images = images_of(val, raw, base.classes, info["image_size"])
     probs = predict_rows(lambda x: model.predict_on_batch(x), images)
     return model, info, scores(images.y, probs, list(base.classes), list(base.positive_classes), bins)

@@ -70,11 +70,11 @@ def write_predictions(rows: pd.DataFrame, probs: np.ndarray, classes, path: Path
 
 
 def evaluate_one(name, folder: Path, sets, inputs: Inputs, base, params: Evaluate, outputs: Outputs) -> dict:
-    import keras
+    from pipeline.keras_io import load_model
 
     classes, positive = list(base.classes), list(base.positive_classes)
     info = run_info(folder.parent, folder.name)
-    model = keras.saving.load_model(folder / "model.keras")
+    model = load_model(folder / "model.keras")
     predict = lambda x: model.predict_on_batch(x)  # noqa: E731
     result = {"run_id": info["run_id"], **{k: info[k] for k in ("members",) if k in info}}
     for split in ("val", "test"):
@@ -197,14 +197,14 @@ def gradcam_examples(model_path: Path, predictions: Path, test: pd.DataFrame, ra
     """Where the chosen model looked, on test images: per true class its most confident right answer
     and its most confident wrong one (if any). Written as PNGs named by image ID, with an index for the
     run report (IDs, never file names: the report goes to MLflow). `test`: the split rows predicted."""
-    import keras
+    from pipeline.keras_io import load_model
 
     from pipeline.predict import gradcam, overlay
 
     table = pd.read_csv(predictions, keep_default_na=False).assign(path=test.path.to_numpy())
     probs = table[[f"p_{c}" for c in classes]].to_numpy()
     table["predicted"], table["confidence"] = [classes[i] for i in probs.argmax(1)], probs.max(1)
-    model, examples, cache = keras.saving.load_model(model_path), [], pixels.cache_dir(raw)
+    model, examples, cache = load_model(model_path), [], pixels.cache_dir(raw)
     out_dir.mkdir(parents=True, exist_ok=True)
     for label in classes:
         rows = table[table.label == label].sort_values(["confidence", "path"], ascending=[False, True])

@@ -133,6 +133,17 @@ def fold_temperature(model, temperature: float) -> None:
     layer.set_weights([kernel / temperature, bias / temperature])
 
 
+def member_probs(model, images) -> np.ndarray | None:
+    """An ensemble's members' own probabilities (members, images, classes), the outputs `fold_temperature`
+    rescales before they are averaged; None for any other model."""
+    import keras
+
+    if "mean" not in [layer.name for layer in model.layers]:
+        return None
+    members = keras.Model(model.input, model.get_layer("mean").input)  # the averaged tensors, one per member
+    return predict_rows(lambda x: np.stack(members.predict_on_batch(x), 1), images).transpose(1, 0, 2)
+
+
 def operating_point(params: Params, inputs: Inputs, model, size: int) -> tuple[dict, object, np.ndarray]:
     """Fit the temperature on the calibration split and fold it into `model`; then the threshold from the
     folded model's own outputs, checked on the test split. Returns the decision, the test images and the
@@ -142,7 +153,8 @@ def operating_point(params: Params, inputs: Inputs, model, size: int) -> tuple[d
     images = {s: images_of(rows, inputs.raw, classes, size) for s, rows in sets.items()}
     predict = lambda s: predict_rows(lambda x: model.predict_on_batch(x), images[s])  # noqa: E731
     before = {s: predict(s) for s in sets}
-    temperature = fit_temperature(before["calibration"], images["calibration"].y)
+    members = member_probs(model, images["calibration"])
+    temperature = fit_temperature(before["calibration"] if members is None else members, images["calibration"].y)
     fold_temperature(model, temperature)
     after = {s: predict(s) for s in sets}
     decision = decide(after["calibration"], images["calibration"].y, sets["calibration"].group_id.to_numpy(),
@@ -175,15 +187,16 @@ def shipped_rule(decision: dict) -> dict:
 
 
 def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
-    import keras
     import mlflow
+
+    from pipeline.keras_io import load_model
 
     from pipeline import tracking
 
     base, out_dir = params.base, outputs.out
     best = json.loads(inputs.metrics.read_text())["best"]
     info = json.loads((Path(best["model"]).parent / "run.json").read_text())
-    model = keras.saving.load_model(best["model"])
+    model = load_model(best["model"])
     decision, images, reference = operating_point(params, inputs, model, info["image_size"])
     rule = shipped_rule(decision)
     refer = None if rule["threshold"] is None else \

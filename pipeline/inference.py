@@ -68,9 +68,9 @@ class Classifier:
 
 
 def from_keras_file(path: Path, metadata: dict) -> Classifier:
-    import keras
+    from pipeline.keras_io import load_model
 
-    model = keras.saving.load_model(path)
+    model = load_model(path)
     return Classifier(lambda x: model.predict(x.astype("float32"), verbose=0), metadata["classes"],
                       metadata["image_size"], model, metadata.get("operating_point"))
 

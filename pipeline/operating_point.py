@@ -43,11 +43,14 @@ T_RANGE = (0.5, 10.0)  # a calibration split of a few dozen images that the mode
 
 
 def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
-    """The T in T_RANGE minimising the negative log-likelihood of the labels."""
-    y = np.asarray(y)
+    """The T in T_RANGE minimising the negative log-likelihood of the labels. `probs` (images, classes), or
+    for an ensemble (members, images, classes): its output is then the mean of softmax(z_i / T) over the
+    members, as export folds T into each member's last layer."""
+    y, probs = np.asarray(y), np.asarray(probs)
 
     def nll(log_t):
-        p = with_temperature(probs, float(np.exp(log_t)))
+        t = float(np.exp(log_t))
+        p = np.mean([with_temperature(m, t) for m in probs], 0) if probs.ndim == 3 else with_temperature(probs, t)
         return -float(np.mean(np.log(np.clip(p[np.arange(len(y)), y], EPS, 1.0))))
 
     bounds = tuple(np.log(T_RANGE))

@@ -23,7 +23,9 @@ def anonymous(values: dict, ca: str) -> dict:
             "prefect": web.post(f"{api}/flows/filter", json={}).status_code,
             "s3_list": web.get(f"{s3}/dvc").status_code, "s3_put": web.put(f"{s3}/dvc/anonymous", content=b"x").status_code,
             "plain_http": {}}
-    for name, url in (("mlflow", ml), ("prefect", api), ("s3", s3)):
+    clinic = values["STACK_CLINIC_URL"]  # the clinic's page: its health only, every page sends you to sign in
+    seen["clinic"] = [web.get(f"{clinic}health").status_code, web.get(f"{clinic}approvals").headers.get("location", "")]
+    for name, url in (("mlflow", ml), ("prefect", api), ("s3", s3), ("clinic", clinic)):
         answer = httpx.get(url.replace("https://", "http://"), timeout=10)
         seen["plain_http"][name] = [answer.status_code, "plain HTTP request was sent to HTTPS port" in answer.text]
     try:

@@ -76,6 +76,28 @@ def test_sign_in_refuses_a_wrong_password_and_a_form_without_its_token(app):
     assert forged.status_code == 400 and "stale or not from this site" in forged.text
 
 
+def test_wrong_passwords_lock_the_name_but_not_the_others_and_tls_cookies_are_secure(app):
+    from clinic import accounts
+    from clinic.web import Throttle
+    from pipeline.params import load_params
+
+    root, application, TestClient = app
+    accounts.add_user(root / load_params(root / "params.yaml").clinic.accounts, "locum", "viewer", "locum-pass-123")
+    client = TestClient(application, follow_redirects=False)
+    token = re.search(r'name="token" value="([^"]+)"', client.get("/login").text).group(1)
+    for _ in range(Throttle.attempts):
+        assert client.post("/login", data={"name": "locum", "password": "guess", "token": token}).status_code == 401
+    locked = client.post("/login", data={"name": "Locum", "password": "locum-pass-123", "token": token})
+    assert locked.status_code == 429 and "Too many wrong passwords" in locked.text and "clinic_session" not in locked.cookies
+    assert signed_in(app, "dr.ana").get("/queue").status_code == 200  # other names are not locked
+    behind_tls = TestClient(application, follow_redirects=False, base_url="https://clinic.example")
+    token = re.search(r'name="token" value="([^"]+)"', behind_tls.get("/login").text).group(1)
+    reply = behind_tls.post("/login", data={"name": "dr.ana", "password": USERS["dr.ana"][1], "token": token})
+    assert reply.status_code == 303 and "secure" in reply.headers["set-cookie"].lower()
+    assert "secure" not in client.post("/login", data={"name": "dr.ana", "password": USERS["dr.ana"][1], "token": token}
+                                       ).headers["set-cookie"].lower()
+
+
 def test_an_expired_session_is_sent_back_to_sign_in(app, monkeypatch):
     import time
 

@@ -59,3 +59,35 @@ def test_the_ensemble_is_chosen_only_on_a_strictly_higher_validation_score():
     assert list(tie.architecture) == ["A", "ensemble", "B"]  # a higher ROC-AUC does not break a tie for it
     wins = leaderboard({"ensemble": ensemble(0.91), "A": result(0.9, 0.7)}, "balanced_accuracy", ["cancer"])
     assert wins.architecture.iloc[0] == "ensemble" and wins.chosen.iloc[0]
+
+
+def test_an_ensembles_temperature_is_fitted_on_what_export_folds_and_its_tflite_agrees(tmp_path):
+    """export: T is fitted on the members' own outputs (each softmax(z_i / T), then averaged), so the folded
+    ensemble is the model the fit chose; the TFLite conversion of the folded ensemble matches Keras."""
+    import keras
+
+    from pipeline.export import convert, fold_temperature, member_probs
+    from pipeline.inference import TFLiteModel
+    from pipeline.operating_point import fit_temperature, with_temperature
+    from pipeline.streams import InMemory
+
+    rng = np.random.default_rng(2)
+    members = [member(32, 5), member(24, 6)]
+    for m in members:  # confident members, so the temperature matters
+        kernel, bias = m.get_layer("classes").get_weights()
+        m.get_layer("classes").set_weights([kernel * 6, bias])
+    build_ensemble(members, [32, 24]).save(tmp_path / "model.keras")
+    model = keras.saving.load_model(tmp_path / "model.keras")  # as export reads it
+    x = rng.uniform(0, 255, (40, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 3, 40)
+    each = member_probs(model, InMemory(x, y))
+    assert each.shape == (2, 40, 3) and member_probs(members[0], InMemory(x, y)) is None
+    np.testing.assert_allclose(each.mean(0), model.predict_on_batch(x), atol=1e-6)
+
+    t = fit_temperature(each, y)
+    nll = lambda temp: -np.mean(np.log(np.mean([with_temperature(p, temp) for p in each], 0)[np.arange(40), y]))  # noqa: E731
+    assert nll(t) <= min(nll(v) for v in np.linspace(0.5, 10, 96)) + 1e-4  # the optimum of the ensemble's own loss
+    fold_temperature(model, t)
+    folded = model.predict_on_batch(x)
+    np.testing.assert_allclose(folded, np.mean([with_temperature(p, t) for p in each], 0), atol=1e-5)
+    np.testing.assert_allclose(TFLiteModel(convert(model)["float32"]).predict(x), folded, atol=1e-5)

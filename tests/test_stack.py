@@ -55,7 +55,7 @@ class Stack:
         self.dir, self.project = folder, project
         self.env = {**settings, "STACK_DIR": str(folder), "STACK_POSTGRES_PORT": str(free_port()), "STACK_S3_PORT": str(s3_port()),
                     "STACK_MLFLOW_PORT": str(free_port()), "STACK_PREFECT_PORT": str(free_port()),
-                    "STACK_MLFLOW_WORKERS": "1"}
+                    "STACK_MLFLOW_WORKERS": "1", "STACK_CLINIC_PORT": str(free_port())}
 
     def run(self, action: str) -> str:
         return sh(ROOT, str(BIN / "python"), "docker/stack.py", action, "--project", str(self.project),
@@ -149,7 +149,7 @@ def test_compose_file_reads_the_same_settings_as_stack_py():
                 if "=" in line and not line.startswith("#")}
     used = set(re.findall(r"\$\{(\w+)", (ROOT / "docker" / "docker-compose.yml").read_text()))
     secrets = {"POSTGRES_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_ADMIN_PASSWORD",
-               "MLFLOW_FLASK_SERVER_SECRET_KEY", "PREFECT_AUTH_STRING"}
+               "MLFLOW_FLASK_SERVER_SECRET_KEY", "PREFECT_AUTH_STRING", "MLFLOW_RELEASE_PASSWORD"}
     assert used - secrets <= settings and {"STACK_MLFLOW_PORT", "STACK_S3_PORT"} <= used
     assert not re.search(r"\b(5000|4200|9000|8333)\b", (ROOT / "docker" / "docker-compose.yml").read_text())
 
@@ -164,6 +164,7 @@ def test_stack_starts_from_nothing_stops_cleanly_and_restarts_on_its_data(stack)
     initialised = (stack.dir / "postgres" / "PG_VERSION").stat().st_mtime
     running = stack.processes()
     assert {"weed", "postgres"} <= {p.name() for p in running} and len(running) >= 5
+    assert any("clinic" in p.cmdline() for p in running)  # the clinic's page is one of the stack's servers
 
     stack.run("down")
     assert_gone(running)
@@ -280,6 +281,14 @@ def test_demo_pipeline_against_the_stack(stack, tmp_path):
     raw = sum(1 for p in (ws / "data" / "raw").rglob("*") if p.is_file())
     assert data >= raw * 0.8  # every readable image and the stages' outputs (a few demo files are duplicates)
     assert "Cache and remote 'stack' are in sync" in sh(ws, "dvc", "status", "--cloud", env=env)
+
+    # the clinic's page `make stack` started reads this registry (as MLflow's release account)
+    subprocess.run([str(BIN / "python"), "-m", "clinic", "--root", str(ws), "users", "add", "dr.stack", "--role",
+                    "clinician"], input="stack-pass-123\n", text=True, check=True, capture_output=True)
+    clinic = httpx.Client(base_url=values["STACK_CLINIC_URL"], follow_redirects=False, timeout=30)
+    token = re.search(r'name="token" value="([^"]+)"', clinic.get("/login").text).group(1)
+    assert clinic.post("/login", data={"name": "dr.stack", "password": "stack-pass-123", "token": token}).status_code == 303
+    assert "@champion v1" in clinic.get("/approvals").text
 
     image = next((ws / "data" / "raw" / "cancer").glob("*.png"))
     answer = sh(ws, str(BIN / "python"), "-m", "pipeline.predict", "--model", "models:/oralscan-classifier@champion",

@@ -97,7 +97,8 @@ def test_from_another_host_nothing_without_credentials_and_no_plain_http(remote,
     assert {k: seen[k] for k in ("mlflow", "mlflow_alias", "prefect")} == {"mlflow": 401, "mlflow_alias": 401,
                                                                            "prefect": 401}
     assert seen["s3_list"] == seen["s3_put"] == 403
-    assert seen["plain_http"] == {"mlflow": [400, True], "prefect": [400, True], "s3": [400, True]}
+    assert seen["plain_http"] == {"mlflow": [400, True], "prefect": [400, True], "s3": [400, True], "clinic": [400, True]}
+    assert seen["clinic"] == [200, "/login?next=/approvals"]
     assert seen["untrusted"] is True  # clients verify the certificate
     assert seen["postgres_port"] != 0  # PostgreSQL is not reachable from another host at all
 
