@@ -211,6 +211,7 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
                   "reason": f"{n} train + val images, at least cv.max_images ({params.cv.max_images}): "
                             f"the test split alone is large enough"}
     else:
+        quiet(tensorflow=True)  # only now: a skipped estimate does not pay TensorFlow's seconds of import
         result = estimate(params, inputs, chosen, members)
         tracking.setup(params.train.experiment)
         run_info = json.loads((Path(metrics["best"]["model"]).parent / "run.json").read_text())
@@ -223,7 +224,7 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
+    quiet()  # TensorFlow (silenced) is imported by run() only when the stage has work for it
     args = parser(__doc__, Inputs, Outputs).parse_args(argv)
     with one_line_errors("cv"):
         s = run(load_params(args.params), paths(Inputs, args), paths(Outputs, args))

@@ -95,6 +95,7 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
                 "architectures are trained: no ensemble"}
         (outputs.out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
         return info
+    quiet(tensorflow=True)  # only now: a skipped stage does not pay TensorFlow's seconds of import
     val = read_split(inputs.split, "val", base.classes)
     loaded = {name: validation_scores(name, inputs.models, val, inputs.raw, base, params.evaluate.calibration_bins)
               for name in params.train.architectures}
@@ -123,7 +124,7 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
+    quiet()  # TensorFlow (silenced) is imported by run() only when the stage has work for it
     args = parser(__doc__, Inputs, Outputs).parse_args(argv)
     with one_line_errors("ensemble"):
         s = run(load_params(args.params), paths(Inputs, args), paths(Outputs, args))
