@@ -117,6 +117,7 @@ def start_clinic(s: dict, d: Path, sec: dict, root: Path) -> None:
     if not port:
         return
     env = {**prefect_env(s, d, sec), **client_values(s, d, sec), "STACK_DIR": str(d),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1]),  # the app's code: the launcher's checkout
            "MLFLOW_TRACKING_USERNAME": "release", "MLFLOW_TRACKING_PASSWORD": sec["MLFLOW_RELEASE_PASSWORD"]}
     cmd = [str(BIN / "python"), "-m", "clinic", "--root", str(root), "serve", "--host", inner_host(s), "--port", port]
     start_daemon(d, "clinic", cmd, env, cwd=root)
