@@ -34,7 +34,7 @@ def test_validate_keeps_the_exact_model_input_of_every_configured_size(tmp_path,
     raw = make_raw(tmp_path / "raw")
     manifest = validate(tmp_path, raw, params)
     root, sizes = pixels.cache_dir(raw), model_sizes(params)
-    assert sizes == (128, 224)  # SmallCNN, MobileNetV2 and label_review in the real params
+    assert sizes == (96, 224)  # SmallCNN; MobileNetV2 and label_review in the real params
     assert root.parent == tmp_path / "pixels"  # beside data/raw, never inside it
     for row in manifest.itertuples():
         for size in sizes:
