@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ USERS = {"dr.ana": ("clinician", "ana-password-1"), "vic": ("viewer", "vic-passw
 def make_images(raw: Path, per_class: int = 6) -> None:
     for label in CLASSES:
         for i in range(per_class):
-            write_image(raw / label / f"{i}.png", label, hash((label, i)) % 10_000)
+            write_image(raw / label / f"{i}.png", label, zlib.crc32(f"{label}{i}".encode()) % 10_000)
     shutil.copy(raw / "normal" / "0.png", raw / "cancer" / "patient 0042 copy.png")  # filed twice: a conflict
 
 
