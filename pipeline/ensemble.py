@@ -10,7 +10,8 @@ and early-stopped them.
 The model takes one input, RGB pixels 0..255 at the largest member's size (its metadata, TFLite
 file and pyfunc contract are those of any architecture); a member with a smaller input gets a
 bilinear resize in front of it (`pipeline.keras_io.Resize`, not the stock `Resizing` layer, which
-exports wrongly; close to, not identical with, the antialiased resize its pixel-cache inputs were made with). Members are renamed `member_0` (the strongest) to `member_<k-1>`;
+exports wrongly; close to, not identical with, the antialiased resize its pixel-cache inputs were
+made with). Members are renamed `member_0` (the strongest) to `member_<k-1>`;
 Grad-CAM of the ensemble is the Grad-CAM of `member_0`, for the ensemble's predicted class
 (pipeline/predict.py `strongest_member`).
 """

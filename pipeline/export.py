@@ -138,7 +138,7 @@ def member_probs(model, images) -> np.ndarray | None:
     rescales before they are averaged; None for any other model."""
     import keras
 
-    if "mean" not in [layer.name for layer in model.layers]:
+    if "member_0" not in [layer.name for layer in model.layers]:  # as fold_temperature and Grad-CAM tell one
         return None
     members = keras.Model(model.input, model.get_layer("mean").input)  # the averaged tensors, one per member
     return predict_rows(lambda x: np.stack(members.predict_on_batch(x), 1), images).transpose(1, 0, 2)
@@ -189,9 +189,8 @@ def shipped_rule(decision: dict) -> dict:
 def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
     import mlflow
 
-    from pipeline.keras_io import load_model
-
     from pipeline import tracking
+    from pipeline.keras_io import load_model
 
     base, out_dir = params.base, outputs.out
     best = json.loads(inputs.metrics.read_text())["best"]
