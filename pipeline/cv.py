@@ -73,8 +73,11 @@ def images(rows: pd.DataFrame, raw: Path, augmented: Path, extra: pd.DataFrame, 
 
 
 class Member:
-    """One architecture's procedure over the pooled images: the part every fold shares (the frozen network's
-    outputs, computed once into a file) and the training of the rest, fold by fold."""
+    """One architecture's procedure over the pooled images. Built once: every fold starts from the same
+    initial weights (restored, not rebuilt). What every fold shares is computed once into files: a pretrained
+    network's frozen activations (and, for fine-tuning, phase 1's features from them, which the pretrained
+    layers above the cut compute alike in every fold), and the scored rows are predicted from those
+    activations through the layers that train."""
 
     def __init__(self, name: str, params: Params, pool: Images, originals: int, tmp: Path):
         from pipeline.models import get_arch
@@ -84,14 +87,20 @@ class Member:
         self.size = spec.image_size or get_arch(spec.base or name).size
         self.pool = Images(pool.sources, pool.shas, pool.y, self.size, pool.cache)
         self.originals = originals
-        self.frozen = None
+        self.parts = self.build()
+        self.initial = [v.numpy() for v in self.parts.model.variables]  # weights and dropout's seed state
+        self.frozen = self.pooled = self.scorer = None
         if spec.weights != "none":  # pretrained: the same frozen values in every fold
-            from pipeline.probe import feature_model
-            from pipeline.train import frozen_part
+            from pipeline.probe import feature_model, head_model
+            from pipeline.train import cached_models
 
-            parts = self.build()
-            model = feature_model(parts) if spec.head == "linear" else frozen_part(parts, params.train)
-            self.frozen = to_file(model, self.pool, tmp / f"{name}.rows", f"cv: frozen part ({name})")
+            if spec.head == "linear":
+                front, self.scorer = feature_model(self.parts), head_model(self.parts)
+            else:
+                front, pooled, self.scorer, _ = cached_models(self.parts, params.train)
+            self.frozen = to_file(front, self.pool, tmp / f"{name}.rows", f"cv: frozen part ({name})")
+            if spec.head != "linear":
+                self.pooled = to_file(pooled, self.frozen, tmp / f"{name}.features")
 
     def build(self):
         import keras
@@ -105,6 +114,8 @@ class Member:
 
     def train_and_predict(self, fit, stop, score, groups) -> np.ndarray:
         """Trained on pool rows `fit`, stopped early on `stop`; probabilities of the rows `score`."""
+        import keras
+
         from pipeline.streams import Subset, predict_rows
         from pipeline.tracking import History
         from pipeline.train import class_weights, fit_model
@@ -114,11 +125,15 @@ class Member:
                 "train_originals": int((fit < self.originals).sum())}  # fit lists pool rows before their copies
         if self.frozen is not None:
             data.update({"train_features": Subset(self.frozen, fit)} if spec.head == "linear" else
-                        {"train_frozen": Subset(self.frozen, fit), "val_frozen": Subset(self.frozen, stop)})
+                        {"train_frozen": Subset(self.frozen, fit), "val_frozen": Subset(self.frozen, stop),
+                         "train_pooled": Subset(self.pooled, fit), "val_pooled": Subset(self.pooled, stop)})
         weights = class_weights(data["train"].y, len(self.params.base.classes)) if settings.class_weights else None
-        parts = self.build()
-        fit_model(parts, data, spec, settings, weights, History(), self.params.base.seed)
-        return predict_rows(lambda x: parts.model.predict_on_batch(x), Subset(self.pool, score))
+        for variable, value in zip(self.parts.model.variables, self.initial):  # as built: every fold starts alike
+            variable.assign(value)
+        keras.utils.set_random_seed(self.params.base.seed)
+        fit_model(self.parts, data, spec, settings, weights, History(), self.params.base.seed)
+        model, rows = (self.scorer, self.frozen) if self.scorer is not None else (self.parts.model, self.pool)
+        return predict_rows(lambda x: model.predict_on_batch(x), Subset(rows, score))
 
 
 def out_of_fold(members: list[str], params: Params, rows: pd.DataFrame, extra: pd.DataFrame, inputs: Inputs):

@@ -236,14 +236,33 @@ def found(needle: bytes, what: str, blob: bytes) -> bool:
     return "name" not in what or re.search(rb"(?<![\w-])" + re.escape(needle), blob) is not None
 
 
+def automaton(search: dict[bytes, str]):
+    """All needles in one Aho-Corasick automaton: a file is read once, not once per needle (a project's needles
+    grow with its images, ~9 per image, and so do the files that leave). Bytes map 1:1 to latin-1 text."""
+    import ahocorasick
+
+    machine = ahocorasick.Automaton()
+    for needle in search:
+        machine.add_word(needle.decode("latin-1"), needle)
+    machine.make_automaton()
+    return machine
+
+
+def present(machine, blob: bytes) -> set[bytes]:
+    """Every needle occurring in blob, overlapping ones included."""
+    return {needle for _, needle in machine.iter(blob.decode("latin-1"))}
+
+
 def check(leaving: list[Path], images: list[Path], search: dict[bytes, str], root: Path) -> list[str]:
     """One line per finding: the file (relative to root) and what survived in it."""
     findings = []
     for path in images:
         findings += [f"{_rel(path, root)}: {what}" for what in metadata_in_image(path)]
-    for path in leaving:
+    machine = automaton(search) if search else None
+    for path in leaving if machine else []:
         blobs = contents(path)
-        hits = {what for needle, what in search.items() if any(found(needle, what, blob) for blob in blobs)}
+        hits = {search[n] for n in set().union(*(present(machine, b) for b in blobs))
+                if any(found(n, search[n], blob) for blob in blobs)}
         findings += [f"{_rel(path, root)}: {what}" for what in sorted(hits)]
     return findings
 

@@ -26,6 +26,15 @@ def feature_model(parts):
     return keras.Model(parts.model.inputs, parts.model.get_layer("classes").input)
 
 
+def head_model(parts):
+    """The probe's input (feature_model's output) -> probabilities: its final Dense layer alone."""
+    import keras
+
+    layer = parts.model.get_layer("classes")
+    features = keras.Input(layer.input.shape[1:])
+    return keras.Model(features, layer(features))
+
+
 def fit_logistic(features: np.ndarray, y: np.ndarray, c: float, weights: dict | None, seed: int):
     """One thread: lbfgs' small matrix products gain nothing from more, and on 2 busy shared cores OpenMP
     threads made one ISIC fit (1,124 x 1,280, C=10) 15x slower (5.2 s against 0.35 s)."""

@@ -187,6 +187,7 @@ def check(params: Params, current: pd.DataFrame, raw: Path) -> tuple[dict, pd.Da
                          "images are in this data version", counts)
     rng = np.random.default_rng(params.base.seed)
     new, ref = sample(new_all, settings.max_new, rng), sample(ref_all, settings.max_reference, rng)
+    quiet(tensorflow=True)  # only now: without a champion or new images the stage does not pay TensorFlow's import
     classifier = load_classifier(f"models:/{name}/{champion['version']}")
     new_x, ref_x = embed(classifier, new, raw, classes), embed(classifier, ref, raw, classes)
     groups = np.concatenate([ref.group_id.to_numpy(), new.group_id.to_numpy()])
@@ -250,7 +251,7 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    quiet(tensorflow=True)  # before TensorFlow's first import: its start-up lines stay out of the log
+    quiet()  # TensorFlow (silenced) is imported by check() only when there is a champion to compare with
     from pipeline.registry.client import RegistryUnavailable
     from pipeline.stage import StageError
 

@@ -131,16 +131,23 @@ def split_base(parts: Parts, cut: int | None):
     return front, keras.Model(base.layers[cut].output, base.output)
 
 
-def frozen_part(parts: Parts, params: Train):
-    """pixels -> what fit_cached keeps of the frozen network: activations at the fine-tuning cut (or the base's
-    output when nothing is fine-tuned). The same for every model built with the same pretrained weights."""
+def cached_models(parts: Parts, params: Train):
+    """(front, pooled, full, cut), all sharing parts' layers: front maps pixels to the frozen activations (at
+    the fine-tuning cut, or the base's output when nothing is fine-tuned; the same for every model built with
+    the same pretrained weights); pooled maps them to phase 1's features; full maps them to probabilities."""
+    import keras
+
     parts.base.trainable = False
-    return split_base(parts, find_cut(parts.base, params.finetune_layers) if finetunes(params) else None)[0]
+    cut = find_cut(parts.base, params.finetune_layers) if finetunes(params) else None
+    front, top = split_base(parts, cut)
+    cached = keras.Input(front.output.shape[1:])
+    below = top(cached, training=False) if top else cached
+    return front, keras.Model(cached, parts.head[0](below)), keras.Model(cached, stack(parts.head, below)), cut
 
 
 def fit_cached(parts: Parts, data: dict, params: Train, weights, log) -> None:
-    """Both phases, with everything frozen computed once per image (`data["train_frozen"]` and
-    `data["val_frozen"]`, when given, are those activations already: frozen_part's outputs).
+    """Both phases, with everything frozen computed once per image (`data["<split>_frozen"]` and
+    `data["<split>_pooled"]`, when given, are front's and pooled's outputs already: cached_models).
 
     The frozen bottom runs once up to the fine-tuning cut, its activations kept in a file; phase 1
     gets its features by running only the small top on those activations, phase 2 trains the top
@@ -148,25 +155,20 @@ def fit_cached(parts: Parts, data: dict, params: Train, weights, log) -> None:
     """
     import keras
 
-    base, head = parts.base, parts.head
-    finetune = finetunes(params)
-    cut = find_cut(base, params.finetune_layers) if finetune else None
-    base.trainable = False
-    front, top = split_base(parts, cut)
+    front, pooled, full, cut = cached_models(parts, params)
     with tempfile.TemporaryDirectory(prefix="train-rows-") as tmp:
         a, av = (data[f"{k}_frozen"] if f"{k}_frozen" in data else  # cross-validation: computed once for all folds
                  to_file(front, data[k], Path(tmp) / f"{k}.act", f"train: frozen part ({k})") for k in ("train", "val"))
-        cached = keras.Input(a.shape)
-        pooled = keras.Model(cached, head[0](top(cached, training=False) if top else cached))
-        f, fv = (to_file(pooled, z, Path(tmp) / f"{k}.features") for k, z in (("train", a), ("val", av)))
+        f, fv = (data[f"{k}_pooled"] if f"{k}_pooled" in data else to_file(pooled, z, Path(tmp) / f"{k}.features")
+                 for k, z in (("train", a), ("val", av)))
         features = keras.Input(f.shape)
-        compile_fit(keras.Model(features, stack(head[1:], features)), f, fv,
+        compile_fit(keras.Model(features, stack(parts.head[1:], features)), f, fv,
                     params, params.head_learning_rate, params.head_epochs, weights, log("head"))
-        if not finetune:
+        if cut is None:
             return
-        set_trainable(base, cut)
-        compile_fit(keras.Model(cached, stack(head, top(cached, training=False))), a, av,
-                    params, params.finetune_learning_rate, params.finetune_epochs, weights, log("finetune"))
+        set_trainable(parts.base, cut)
+        compile_fit(full, a, av, params, params.finetune_learning_rate, params.finetune_epochs, weights,
+                    log("finetune"))
 
 
 def fit_plain(parts: Parts, data: dict, params: Train, weights, log) -> None:

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline import cv
 from tests.conftest import noise_image, shrunk
@@ -62,6 +63,45 @@ def test_the_estimate_scores_train_and_val_once_and_never_reads_test(tmp_path):
     for group, folds in pd.Series(fold_of).groupby(rows.group_id.to_numpy()):
         assert folds.nunique() == 1, f"group {group} split across folds"
     assert sorted(set(fold_of)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("head", ["network", "linear"])
+def test_a_fold_of_a_pretrained_member_is_the_training_procedure_on_its_rows(tmp_path, keras_home, head):
+    """A fold trains the member built once (weights restored, frozen activations and phase 1's features read
+    from the files computed once, the scored rows predicted from the activations): the same probabilities as
+    a model built afresh, trained by train.fit_model on the fold's images and predicted from pixels; and a
+    second fold on the same rows gives them again (nothing carried over from the first)."""
+    import keras
+
+    from pipeline.models import ARCHITECTURES
+    from pipeline.streams import Subset, predict_rows
+    from pipeline.tracking import History
+    from pipeline.train import class_weights, fit_model
+
+    weights = keras_home / "models" / ARCHITECTURES["MobileNetV2"].weights_file.format(alpha=0.35, size=224)
+    raw = tiny_project(tmp_path)
+    params = shrunk(tmp_path, train={"head_epochs": 2, "finetune_epochs": 2, "finetune_layers": 12, "batch_size": 8,
+                                     "finetune_learning_rate": 1e-3, "probe_folds": 2,
+                                     "architectures": {"M": {"base": "MobileNetV2", "weights": str(weights),
+                                                             "alpha": 0.35, "image_size": 32, "head": head}}})
+    rows = cv.pool_rows(tmp_path / "split.csv", CLASSES)
+    pool = cv.images(rows, raw, tmp_path / "aug", pd.DataFrame(columns=["path", "label", "group_id"]), CLASSES, 0)
+    groups = rows.group_id.to_numpy()
+    member = cv.Member("M", params, pool, len(rows), tmp_path)
+    assert (member.pooled is None) == (head == "linear")
+    fit, stop, score = np.arange(0, 16), np.arange(16, 20), np.arange(20, 24)
+    first = member.train_and_predict(fit, stop, score, groups)
+    again = member.train_and_predict(fit, stop, score, groups)
+
+    fresh, spec = member.build(), params.train.architectures["M"]
+    data = {"train": Subset(member.pool, fit), "val": Subset(member.pool, stop), "train_groups": groups[fit],
+            "train_originals": len(fit)}
+    keras.utils.set_random_seed(params.base.seed)
+    fit_model(fresh, data, spec, params.train, class_weights(data["train"].y, 3), History(), params.base.seed)
+    reference = predict_rows(lambda x: fresh.model.predict_on_batch(x), Subset(member.pool, score))
+    np.testing.assert_allclose(first, reference, atol=1e-5)
+    np.testing.assert_allclose(again, first, atol=1e-6)
+    assert np.abs(first - first.mean(0)).max() > 1e-3  # trained: the rows are told apart
 
 
 def test_a_large_set_is_not_cross_validated(tmp_path):

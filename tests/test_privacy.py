@@ -175,6 +175,37 @@ def test_a_short_original_name_is_not_found_inside_an_id_named_file():
     assert any(privacy.found(n, w, b'{"file": "21.png"}') for n, w in search.items())
 
 
+def test_one_pass_per_file_finds_what_searching_each_needle_finds(tmp_path):
+    """The automaton (one read per file) against the plain search, needle by needle: overlapping needles
+    (a name inside its path), non-ASCII names in both Unicode forms, a zip member, a name inside a word."""
+    import zipfile
+
+    listed = pd.DataFrame({"path": ["cancer/José Núñez 2021.jpg", "normal/21.png", "precancer/IMG_0231.heic"],
+                           "sha256": ["ab" * 32, "cd" * 32, "ef" * 32]})
+    table = pd.DataFrame({"sha256": ["ab" * 32], "kind": ["body serial number"], "value": ["SN-0042"]})
+    search = privacy.needles(listed, table)
+    files = {"a.html": "<td>data/raw/cancer/Jos&#233; N&#250;&#241;ez 2021.jpg</td>".replace("&#233;", "é")
+                       .replace("&#250;", "ú").replace("&#241;", "ñ"),
+             "b.json": json.dumps({"x": "José Núñez 2021"}, ensure_ascii=True),
+             "c.txt": "cdcdcdcdcdcd__aug0_21.png, serial SN-0042",
+             "d.txt": __import__("unicodedata").normalize("NFD", "precancer/IMG_0231.heic and José Núñez 2021"),
+             "e.txt": "nothing here"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    with zipfile.ZipFile(tmp_path / "model.keras", "w") as z:
+        z.writestr("config.json", '{"name": "21.png"}')
+    paths = sorted(tmp_path.iterdir())
+    plain = []
+    for path in paths:
+        blobs = privacy.contents(path)
+        plain += [f"{path.name}: {w}" for w in sorted({w for n, w in search.items()
+                                                       if any(privacy.found(n, w, b) for b in blobs)})]
+    assert sorted(privacy.check(paths, [], search, tmp_path)) == sorted(plain)
+    assert len({f.split(":")[0] for f in plain}) == 5  # every file but e.txt has a finding
+    assert "c.txt: the body serial number of image " + "ab" * 6 in plain
+    assert not any(f.startswith("c.txt: the file name") for f in plain)  # 21.png inside an ID-named file
+
+
 def test_the_command_passes_on_a_clean_project_and_exits_naming_a_leak(ran, tmp_path, monkeypatch, capsys):
     project = tmp_path / "project"
     (project / "data" / "interim").mkdir(parents=True)
