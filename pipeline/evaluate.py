@@ -77,8 +77,11 @@ def evaluate_one(name, folder: Path, sets, inputs: Inputs, base, params: Evaluat
     model = load_model(folder / "model.keras")
     predict = lambda x: model.predict_on_batch(x)  # noqa: E731
     result = {"run_id": info["run_id"], **{k: info[k] for k in ("members",) if k in info}}
-    for split in ("val", "test"):
-        y, probs = labels_and_probabilities(predict, info["image_size"], sets[split], inputs.raw, classes)
+    both = pd.concat([sets["val"], sets["test"]], ignore_index=True)  # one pass: the network is traced once
+    y_all, p_all = labels_and_probabilities(predict, info["image_size"], both, inputs.raw, classes)
+    n = len(sets["val"])
+    for split, part in (("val", slice(0, n)), ("test", slice(n, None))):
+        y, probs = y_all[part], p_all[part]
         result[split] = scores(y, probs, classes, positive, params.calibration_bins)
     result["test_report"] = test_report(y, probs, sets["test"].group_id.to_numpy(), classes, params, base.seed)
     png, records = outputs.figures / f"{name}_test_confusion.png", outputs.plots / f"{name}.json"

@@ -118,12 +118,13 @@ def input_contract(size: int) -> dict:
 
 def fold_temperature(model, temperature: float) -> None:
     """softmax(z / T) inside the model: the last Dense layer's kernel and bias divided by T (no new layer)."""
+    from pipeline.keras_io import ensemble_members
     from pipeline.stage import StageError
 
-    names = [layer.name for layer in model.layers]
-    if "classes" not in names and "member_0" in names:  # an ensemble (pipeline/ensemble.py): every member's logits
-        for member in (model.get_layer(n) for n in names if n.startswith("member_")):  # divided by T, then averaged;
-            fold_temperature(member, temperature)  # the threshold is chosen on these outputs, as for any model
+    members = ensemble_members(model)  # an ensemble (pipeline/ensemble.py): every member's logits divided by T, then
+    for member in members:             # averaged; the threshold is chosen on these outputs, as for any model
+        fold_temperature(member, temperature)
+    if members:
         return
     try:
         layer = model.get_layer("classes")
@@ -138,7 +139,9 @@ def member_probs(model, images) -> np.ndarray | None:
     rescales before they are averaged; None for any other model."""
     import keras
 
-    if "member_0" not in [layer.name for layer in model.layers]:  # as fold_temperature and Grad-CAM tell one
+    from pipeline.keras_io import ensemble_members
+
+    if not ensemble_members(model):  # as fold_temperature and Grad-CAM tell one
         return None
     members = keras.Model(model.input, model.get_layer("mean").input)  # the averaged tensors, one per member
     return predict_rows(lambda x: np.stack(members.predict_on_batch(x), 1), images).transpose(1, 0, 2)

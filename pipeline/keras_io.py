@@ -32,5 +32,12 @@ class Resize(keras.layers.Layer):
         return {**super().get_config(), "size": self.size}
 
 
+def ensemble_members(model) -> list:
+    """An ensemble's member models, strongest first (pipeline/ensemble.py names them `member_0` to
+    `member_<k-1>`); [] for any other model."""
+    members = {layer.name: layer for layer in model.layers if layer.name.startswith("member_")}
+    return [members[f"member_{i}"] for i in range(len(members))] if "member_0" in members else []
+
+
 def load_model(path: Path | str):
     return keras.saving.load_model(path)

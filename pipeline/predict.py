@@ -30,12 +30,14 @@ from pipeline.tracking import tracking_uri
 def strongest_member(model, x: np.ndarray):
     """(the model Grad-CAM explains, its input): of an ensemble (pipeline/ensemble.py), its strongest member
     `member_0` and the image as member_0 sees it (through `resize_0`, if any); any other model and x as they are."""
-    names = {layer.name for layer in model.layers}
-    if "member_0" not in names:
+    from pipeline.keras_io import ensemble_members
+
+    members = ensemble_members(model)
+    if not members:
         return model, x
-    if "resize_0" in names:
+    if "resize_0" in {layer.name for layer in model.layers}:
         x = np.asarray(model.get_layer("resize_0")(x[None].astype("float32")))[0]
-    return model.get_layer("member_0"), x
+    return members[0], x
 
 
 _CAMS = weakref.WeakKeyDictionary()  # model -> its compiled Grad-CAM (built once: ~10x faster than eager)

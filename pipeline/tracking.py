@@ -146,9 +146,9 @@ def log_keras_model(model, sample) -> None:
     import tensorflow as tf
     from mlflow.models import infer_signature
 
-    # predict_on_batch, not predict: under train's op determinism, predict's tf.data pipeline makes
-    # TensorFlow print "E0000 ... use_unbounded_threadpool" (its parallel map rewritten to a plain one)
-    signature = infer_signature(sample, np.asarray(model.predict_on_batch(sample)))
+    # the output's schema from the model's own output shape: predicting the sample only for its dtype and
+    # shape traced the whole network once more in every stage that logs a model
+    signature = infer_signature(sample, np.zeros((len(sample), *model.output.shape[1:]), "float32"))
     # mlflow.keras.log_model writes the input example before creating its folder (MLflow 3.17): use the
     # tensorflow flavor, which saves Keras 3 models in the same .keras format. No input example: with
     # one, MLflow reloads the model and predicts again (a progress bar and that E0000 line in the log)

@@ -163,6 +163,8 @@ def test_train_and_evaluate_stages_log_to_a_real_mlflow_store(tmp_path, monkeypa
 
     logged = mlflow.pyfunc.load_model(f"runs:/{runs['SmallCNN']['run_id']}/model")  # model, signature, example
     assert logged.metadata.get_input_schema().inputs[0].shape == (-1, 48, 48, 3)
+    output = logged.metadata.get_output_schema().inputs[0]
+    assert output.shape == (-1, 3) and output.type == np.dtype("float32")
     assert logged.predict(np.zeros((1, 48, 48, 3), "float32")).shape == (1, 3)
     board = pd.read_csv(out / "board.csv")
     assert board.architecture.iloc[0] == summary["best"]["architecture"] and board.chosen.iloc[0]
