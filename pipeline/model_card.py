@@ -91,12 +91,13 @@ def render(name: str, version: str, decision: dict, metrics: dict, reports: Path
     sizes = "\n".join(f"| {s} | " + " | ".join(str(split["per_split"].get(s, {}).get(c, 0)) for c in classes) + " |"
                       for s in ("train", "val", "calibration", "test"))
     method = report["intervals"][best["select_by"]]["method"]
+    members = f", the probability average of {' + '.join(chosen['members'])}" if chosen.get("members") else ""
     return f"""# Model card: {name} version {version}
 
 > **Research use only.** Not a medical device and not validated for clinical decisions.
 > Every prediction must be reviewed by a qualified clinician.
 
-- Architecture: {best['architecture']} (MLflow run `{best['run_id']}`), chosen on the **validation** split by
+- Architecture: {best['architecture']}{members} (MLflow run `{best['run_id']}`), chosen on the **validation** split by
   {best['select_by']}; the test split was used only to report and to compare with the champion.
 - Registry decision: **{decision['alias']}**: {decision['reason']}
 - Data version (md5 of `data/raw`): `{lineage['data_version']}`; git commit `{lineage['git_commit']}`;

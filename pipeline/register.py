@@ -131,6 +131,7 @@ def lineage_tags(info: dict, scores: dict, export_dir: Path, params_digest: str)
             "params_digest": params_digest,
             "architecture": info["architecture"], "run_id": info["run_id"], "image_size": str(info["image_size"]),
             "classes": ",".join(metadata["classes"]), "decision": "pending", "reason": "register in progress"}
+    tags.update({"members": ",".join(info["members"])} if info.get("members") else {})  # an ensemble's, strongest first
     tags.update({f"test_{k}": f"{v:.4f}" for k, v in scores.items() if isinstance(v, float)})
     tags.update({f"tflite_{k}": f"runs:/{info['run_id']}/tflite/{v['file']}" for k, v in metadata["variants"].items()})
     return {**tags, **operating_point_tags(metadata["operating_point"])}

@@ -22,7 +22,8 @@ WEIGHTS = {  # mean colour (0..1) -> class scores
 }
 
 
-def colour_model(kind: str):
+def colour_model(kind: str, weights: np.ndarray | None = None):
+    """A hand-set model: WEIGHTS[kind], or `weights` (mean colour -> class scores)."""
     import keras
 
     inputs = keras.Input((SIZE, SIZE, 3), name="image")
@@ -34,7 +35,7 @@ def colour_model(kind: str):
     out = dense(x)
     model = keras.Model(inputs, out, name=f"Colour{kind}")
     features.set_weights([np.eye(3, dtype="float32").reshape(1, 1, 3, 3), np.zeros(3, "float32")])
-    dense.set_weights([WEIGHTS[kind], np.zeros(3, "float32")])
+    dense.set_weights([WEIGHTS[kind] if weights is None else weights, np.zeros(3, "float32")])
     return model
 
 
