@@ -97,10 +97,11 @@ class Member:
             if spec.head == "linear":
                 front, self.scorer = feature_model(self.parts), head_model(self.parts)
             else:
-                front, pooled, self.scorer, _ = cached_models(self.parts, params.train)
+                models = cached_models(self.parts, params.train)  # kept on the parts: every fold trains them
+                front, self.scorer = models.front, models.full
             self.frozen = to_file(front, self.pool, tmp / f"{name}.rows", f"cv: frozen part ({name})")
             if spec.head != "linear":
-                self.pooled = to_file(pooled, self.frozen, tmp / f"{name}.features")
+                self.pooled = to_file(models.pooled, self.frozen, tmp / f"{name}.features")
 
     def build(self):
         import keras

@@ -146,6 +146,7 @@ class Parts:
     prep: list
     base: object
     head: list
+    cached: object = None  # train.cached_models' models, built by the first fit and reused by later ones (cv's folds)
 
 
 def build_model(name: str, n_classes: int, weights: str, size: int | None = None, alpha: float = 1.0,

@@ -99,12 +99,25 @@ def callbacks(params: Train, log) -> list:
             keras.callbacks.LambdaCallback(on_epoch_end=log)]
 
 
-def compile_fit(model, train, val, params: Train, lr: float, epochs: int, weights, log):
-    """fit on row sources a batch at a time, train rows reshuffled every epoch from the run's seed."""
+def reset_optimizer(optimizer, lr: float) -> None:
+    """The optimizer as a new one: no steps, zero moments, learning rate `lr` (ReduceLROnPlateau lowers it)."""
+    for variable in optimizer.variables:
+        variable.assign(np.zeros(variable.shape, variable.dtype))
+    optimizer.learning_rate = lr
+
+
+def compile_fit(model, train, val, params: Train, lr: float, epochs: int, weights, log, again: bool = False):
+    """fit on row sources a batch at a time, train rows reshuffled every epoch from the run's seed.
+    `again`: the model's trainable layers are those it was compiled with, if it was: its optimizer is reset
+    instead of a new compile, so TensorFlow's traced training step is reused (cross-validation's folds)."""
     import keras
 
     seed = random.randrange(2**31)  # python's generator, seeded by keras.utils.set_random_seed in run()
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if again and model.compiled:
+        reset_optimizer(model.optimizer, lr)
+    else:
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
     return model.fit(batches(train, params.batch_size, seed), validation_data=batches(val, CHUNK), epochs=epochs,
                      class_weight=weights, shuffle=False, verbose=0, callbacks=callbacks(params, log))
 
@@ -131,18 +144,34 @@ def split_base(parts: Parts, cut: int | None):
     return front, keras.Model(base.layers[cut].output, base.output)
 
 
-def cached_models(parts: Parts, params: Train):
-    """(front, pooled, full, cut), all sharing parts' layers: front maps pixels to the frozen activations (at
-    the fine-tuning cut, or the base's output when nothing is fine-tuned; the same for every model built with
-    the same pretrained weights); pooled maps them to phase 1's features; full maps them to probabilities."""
+@dataclass
+class Cached:
+    """The models of cached training, all sharing the parts' layers: front maps pixels to the frozen activations
+    (at the fine-tuning cut, or the base's output when nothing is fine-tuned; the same for every model built
+    with the same pretrained weights), pooled maps those to phase 1's features, head trains on the features
+    (phase 1), full maps the activations to probabilities (phase 2)."""
+    front: object
+    pooled: object
+    head: object
+    full: object
+    cut: int | None
+
+
+def cached_models(parts: Parts, params: Train) -> Cached:
+    """The parts' Cached models: built once, kept on the parts (a second fit of the same parts reuses them)."""
     import keras
 
     parts.base.trainable = False
-    cut = find_cut(parts.base, params.finetune_layers) if finetunes(params) else None
-    front, top = split_base(parts, cut)
-    cached = keras.Input(front.output.shape[1:])
-    below = top(cached, training=False) if top else cached
-    return front, keras.Model(cached, parts.head[0](below)), keras.Model(cached, stack(parts.head, below)), cut
+    if parts.cached is None:
+        cut = find_cut(parts.base, params.finetune_layers) if finetunes(params) else None
+        front, top = split_base(parts, cut)
+        cached = keras.Input(front.output.shape[1:])
+        below = top(cached, training=False) if top else cached
+        pooled = keras.Model(cached, parts.head[0](below))
+        features = keras.Input(pooled.output.shape[1:])
+        parts.cached = Cached(front, pooled, keras.Model(features, stack(parts.head[1:], features)),
+                              keras.Model(cached, stack(parts.head, below)), cut)
+    return parts.cached
 
 
 def fit_cached(parts: Parts, data: dict, params: Train, weights, log) -> None:
@@ -153,22 +182,19 @@ def fit_cached(parts: Parts, data: dict, params: Train, weights, log) -> None:
     gets its features by running only the small top on those activations, phase 2 trains the top
     on them. Memory holds one batch, whatever the number of images.
     """
-    import keras
-
-    front, pooled, full, cut = cached_models(parts, params)
+    m = cached_models(parts, params)
     with tempfile.TemporaryDirectory(prefix="train-rows-") as tmp:
         a, av = (data[f"{k}_frozen"] if f"{k}_frozen" in data else  # cross-validation: computed once for all folds
-                 to_file(front, data[k], Path(tmp) / f"{k}.act", f"train: frozen part ({k})") for k in ("train", "val"))
-        f, fv = (data[f"{k}_pooled"] if f"{k}_pooled" in data else to_file(pooled, z, Path(tmp) / f"{k}.features")
+                 to_file(m.front, data[k], Path(tmp) / f"{k}.act", f"train: frozen part ({k})") for k in ("train", "val"))
+        f, fv = (data[f"{k}_pooled"] if f"{k}_pooled" in data else to_file(m.pooled, z, Path(tmp) / f"{k}.features")
                  for k, z in (("train", a), ("val", av)))
-        features = keras.Input(f.shape)
-        compile_fit(keras.Model(features, stack(parts.head[1:], features)), f, fv,
-                    params, params.head_learning_rate, params.head_epochs, weights, log("head"))
-        if cut is None:
+        compile_fit(m.head, f, fv, params, params.head_learning_rate, params.head_epochs, weights, log("head"),
+                    again=True)
+        if m.cut is None:
             return
-        set_trainable(parts.base, cut)
-        compile_fit(full, a, av, params, params.finetune_learning_rate, params.finetune_epochs, weights,
-                    log("finetune"))
+        set_trainable(parts.base, m.cut)
+        compile_fit(m.full, a, av, params, params.finetune_learning_rate, params.finetune_epochs, weights,
+                    log("finetune"), again=True)
 
 
 def fit_plain(parts: Parts, data: dict, params: Train, weights, log) -> None:
@@ -188,7 +214,7 @@ def fit_scratch(parts: Parts, data: dict, params: Train, weights, log) -> None:
     """Nothing is pretrained, so nothing is frozen: the whole network trains in one phase."""
     parts.base.trainable = True
     compile_fit(parts.model, data["train"], data["val"], params, params.head_learning_rate,
-                params.head_epochs + params.finetune_epochs, weights, log("scratch"))
+                params.head_epochs + params.finetune_epochs, weights, log("scratch"), again=True)
 
 
 def fit_model(parts: Parts, data: dict, spec, settings: Train, weights, log, seed: int) -> dict:
