@@ -74,10 +74,10 @@ def images(rows: pd.DataFrame, raw: Path, augmented: Path, extra: pd.DataFrame, 
 
 class Member:
     """One architecture's procedure over the pooled images. Built once: every fold starts from the same
-    initial weights (restored, not rebuilt). What every fold shares is computed once into files: a pretrained
-    network's frozen activations (and, for fine-tuning, phase 1's features from them, which the pretrained
-    layers above the cut compute alike in every fold), and the scored rows are predicted from those
-    activations through the layers that train."""
+    initial weights (restored, not rebuilt) and reuses the traced training steps (train.compile_fit `again`).
+    What every fold shares is computed once into files: a pretrained network's frozen activations (and, for
+    fine-tuning, phase 1's features from them, which the pretrained layers above the cut compute alike in
+    every fold); the scored rows are predicted from those activations through the layers that train."""
 
     def __init__(self, name: str, params: Params, pool: Images, originals: int, tmp: Path):
         from pipeline.models import get_arch

@@ -3,7 +3,8 @@
 A candidate like any architecture: evaluate scores it on validation beside them and chooses it only
 when its validation `evaluate.select_by` is strictly higher (a tie keeps the single model), and
 register promotes it only through the paired gate. Members are ranked as evaluate's leaderboard
-ranks them (validation `select_by`, then validation ROC-AUC, then name); the weights are equal:
+ranks them (validation `select_by`, then validation ROC-AUC, then name), on the validation
+probabilities each train stage recorded (`val_probabilities.csv`; only the members are loaded); the weights are equal:
 learning them would need data the members did not see, and the validation split already chose
 and early-stopped them.
 
@@ -27,7 +28,7 @@ from pipeline.console import quiet
 from pipeline.metrics import fmt, scores
 from pipeline.params import Params, load_params
 from pipeline.stage import one_line_errors, parser, paths
-from pipeline.streams import images_of, predict_rows
+from pipeline.streams import images_of
 from pipeline.tables import read_split
 
 NAME = "ensemble"  # its name on the leaderboard, in metrics.json and MLflow
@@ -72,14 +73,17 @@ def build_ensemble(members: list, sizes: list[int]):
     return keras.Model(image, keras.layers.Average(name="mean")(outputs), name=NAME)
 
 
-def validation_scores(name: str, models: Path, val, raw: Path, base, bins: int) -> tuple[object, int, dict]:
-    from pipeline.keras_io import load_model
+def validation_scores(folder: Path, val, base, bins: int) -> dict:
+    """An architecture's validation scores from the probabilities its train stage recorded (no model loaded)."""
+    from pipeline.stage import StageError
+    from pipeline.train import VAL_PROBABILITIES, read_val_probabilities
 
-    info = json.loads((models / name / "run.json").read_text())
-    model = load_model(models / name / "model.keras")
-    images = images_of(val, raw, base.classes, info["image_size"])
-    probs = predict_rows(lambda x: model.predict_on_batch(x), images)
-    return model, info, scores(images.y, probs, list(base.classes), list(base.positive_classes), bins)
+    if not (folder / VAL_PROBABILITIES).is_file():
+        raise StageError(f"{folder} has no {VAL_PROBABILITIES} (trained by an earlier version): rerun its train stage")
+    y, probs = read_val_probabilities(folder, base.classes)
+    if list(y) != [list(base.classes).index(c) for c in val.label]:
+        raise StageError(f"{folder / VAL_PROBABILITIES} is not of this val split: rerun its train stage")
+    return scores(y, probs, list(base.classes), list(base.positive_classes), bins)
 
 
 def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
@@ -97,13 +101,16 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
         (outputs.out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
         return info
     quiet(tensorflow=True)  # only now: a skipped stage does not pay TensorFlow's seconds of import
+    from pipeline.keras_io import load_model
+
     val = read_split(inputs.split, "val", base.classes)
-    loaded = {name: validation_scores(name, inputs.models, val, inputs.raw, base, params.evaluate.calibration_bins)
-              for name in params.train.architectures}
-    chosen = rank({n: v[2] for n, v in loaded.items()}, select_by)[:k]
-    sizes = [loaded[n][1]["image_size"] for n in chosen]
-    model = build_ensemble([loaded[n][0] for n in chosen], sizes)
-    first = loaded[chosen[0]][1]
+    val_scores = {name: validation_scores(inputs.models / name, val, base, params.evaluate.calibration_bins)
+                  for name in params.train.architectures}
+    chosen = rank(val_scores, select_by)[:k]
+    infos = {n: json.loads((inputs.models / n / "run.json").read_text()) for n in chosen}
+    sizes = [infos[n]["image_size"] for n in chosen]
+    model = build_ensemble([load_model(inputs.models / n / "model.keras") for n in chosen], sizes)
+    first = infos[chosen[0]]
     experiment = tracking.setup(params.train.experiment)
     lineage = {key: first[key] for key in ("data_version", "git_commit") if key in first}
     with mlflow.start_run(run_id=first["parent_run_id"]) as parent, \
@@ -111,15 +118,15 @@ def run(params: Params, inputs: Inputs, outputs: Outputs) -> dict:
                              experiment_id=experiment, tags={"architecture": NAME, **lineage}) as child:
         mlflow.log_params({"architecture": NAME, "members": ",".join(chosen), "top_k": k, "ranked_by": select_by,
                            "image_size": max(sizes), "weights": "equal"})
-        mlflow.log_metrics({f"member_val_{select_by}.{n}": loaded[n][2][select_by] for n in chosen
-                            if loaded[n][2].get(select_by) is not None})
+        mlflow.log_metrics({f"member_val_{select_by}.{n}": val_scores[n][select_by] for n in chosen
+                            if val_scores[n].get(select_by) is not None})
         model.save(outputs.out / "model.keras")
         data = {"val": images_of(val, inputs.raw, base.classes, max(sizes))}
         summary = log_validation(mlflow, model, data, base.classes, outputs.out)
         tracking.log_keras_model(model, data["val"].read([0]).astype("float32"))
         info = {"architecture": NAME, "run_id": child.info.run_id, "parent_run_id": parent.info.run_id,
                 "experiment_id": experiment, "image_size": max(sizes), "classes": list(base.classes),
-                "members": chosen, "member_val": {n: loaded[n][2][select_by] for n in chosen}, **lineage}
+                "members": chosen, "member_val": {n: val_scores[n][select_by] for n in chosen}, **lineage}
     (outputs.out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     return {**info, **summary}
 

@@ -233,6 +233,21 @@ def log_run_params(mlflow, name: str, spec, size: int, params: Train, seed: int,
                        **resolved})
 
 
+VAL_PROBABILITIES = "val_probabilities.csv"  # beside model.keras: what the ensemble stage ranks the models by
+
+
+def write_val_probabilities(y: np.ndarray, probs: np.ndarray, classes, out_dir: Path) -> None:
+    """The model's probabilities on the val split, in split.csv's order (label and p_<class> only: no paths)."""
+    table = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
+    table.insert(0, "label", [classes[i] for i in y])
+    table.to_csv(out_dir / VAL_PROBABILITIES, index=False)
+
+
+def read_val_probabilities(out_dir: Path, classes) -> tuple[np.ndarray, np.ndarray]:
+    table = pd.read_csv(out_dir / VAL_PROBABILITIES, keep_default_na=False)
+    return np.array([list(classes).index(c) for c in table.label]), table[[f"p_{c}" for c in classes]].to_numpy()
+
+
 def log_validation(mlflow, model, data: dict, classes, out_dir: Path) -> dict:
     """Validation accuracy and confusion matrix (PNG and JSON) of the assembled model, on images."""
     from sklearn.metrics import balanced_accuracy_score
@@ -240,7 +255,9 @@ def log_validation(mlflow, model, data: dict, classes, out_dir: Path) -> dict:
     from pipeline.confusion import confusion, write_confusion_json, write_confusion_png
 
     yv = data["val"].y
-    pred = predict_rows(lambda x: model.predict_on_batch(x), data["val"]).argmax(1)
+    probs = predict_rows(lambda x: model.predict_on_batch(x), data["val"])
+    write_val_probabilities(yv, probs, classes, out_dir)
+    pred = probs.argmax(1)
     matrix = confusion(yv, pred, len(classes))
     write_confusion_png(matrix, classes, f"{model.name}: validation", out_dir / "val_confusion.png")
     write_confusion_json(yv, pred, classes, out_dir / "val_confusion.json")

@@ -91,3 +91,25 @@ def test_an_ensembles_temperature_is_fitted_on_what_export_folds_and_its_tflite_
     folded = model.predict_on_batch(x)
     np.testing.assert_allclose(folded, np.mean([with_temperature(p, t) for p in each], 0), atol=1e-5)
     np.testing.assert_allclose(TFLiteModel(convert(model)["float32"]).predict(x), folded, atol=1e-5)
+
+
+def test_members_are_ranked_on_the_val_probabilities_train_recorded_for_this_split(tmp_path):
+    import pandas as pd
+    import pytest
+
+    from pipeline.ensemble import validation_scores
+    from pipeline.params import load_params
+    from pipeline.stage import StageError
+    from pipeline.train import write_val_probabilities
+    from tests.conftest import ROOT
+
+    base = load_params(ROOT / "params.yaml").base
+    classes = list(base.classes)
+    val = pd.DataFrame({"label": ["normal", "cancer", "precancer", "cancer"]})
+    with pytest.raises(StageError, match="rerun its train stage"):
+        validation_scores(tmp_path, val, base, 10)
+    y = np.array([classes.index(c) for c in val.label])
+    write_val_probabilities(y, np.eye(3)[y], classes, tmp_path)
+    assert validation_scores(tmp_path, val, base, 10)["balanced_accuracy"] == 1.0
+    with pytest.raises(StageError, match="not of this val split"):
+        validation_scores(tmp_path, val.iloc[:3], base, 10)

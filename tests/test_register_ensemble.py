@@ -19,6 +19,9 @@ def test_a_chosen_ensemble_is_exported_registered_and_served(project, monkeypatc
     from pipeline import ensemble, evaluate, export, tracking
     from pipeline.inference import classify, load_classifier
     from pipeline.params import load_params
+    from pipeline.streams import images_of, predict_rows
+    from pipeline.tables import read_split
+    from pipeline.train import write_val_probabilities
 
     root, params = project
     monkeypatch.chdir(root)
@@ -29,13 +32,16 @@ def test_a_chosen_ensemble_is_exported_registered_and_served(project, monkeypatc
     params.write_text(yaml.safe_dump(spec))
     loaded = load_params(params)
     tracking.setup("oralscan")
-    with mlflow.start_run(run_name="pipeline") as parent:  # what the train stages leave behind
+    with mlflow.start_run(run_name="pipeline") as parent:  # what the train stages leave behind (train.log_validation)
         for name, weights in MEMBERS.items():
             with mlflow.start_run(run_name=name, nested=True) as child:
                 pass
             folder = root / "models" / name
             folder.mkdir(parents=True)
-            colour_model(name, weights).save(folder / "model.keras")
+            model = colour_model(name, weights)
+            model.save(folder / "model.keras")
+            val = images_of(read_split(root / "split.csv", "val", CLASSES), root / "raw", CLASSES, 32)
+            write_val_probabilities(val.y, predict_rows(model.predict_on_batch, val), CLASSES, folder)
             (folder / "run.json").write_text(json.dumps({
                 "architecture": name, "run_id": child.info.run_id, "parent_run_id": parent.info.run_id,
                 "image_size": 32, "classes": CLASSES, "data_version": "test", "git_commit": "test"}))
