@@ -12,7 +12,9 @@ weights (validation drives early stopping and chooses the architecture; test onl
   the threshold rises, so the sequence needs no multiplicity correction and the chosen threshold
   has P(true sensitivity >= target) >= confidence. With n positive groups and no miss this needs
   target^n <= 1 - confidence (59 groups for 95%/95%); with fewer, the best level that can be
-  guaranteed, (1 - confidence)^(1/n), is reported instead of the target.
+  guaranteed, (1 - confidence)^(1/n), is reported instead of the target. The threshold shipped is the
+  middle of the gap between that score and the next calibration score below it (`into_gap`): the same
+  decisions on the calibration split, the same guarantee, and room for photos slightly below it.
 Pure numpy/scipy: no TensorFlow, no MLflow.
 """
 from __future__ import annotations
@@ -103,6 +105,18 @@ def choose_threshold(group_scores: np.ndarray, target: float, confidence: float)
                       f"refers every calibration positive, which guarantees sensitivity >= {level:.3f} only"}
 
 
+def into_gap(threshold: float | None, scores: np.ndarray) -> dict:
+    """The threshold moved down to the middle of the gap below it: halfway to the highest calibration refer score
+    (any image) under it. Every calibration image gets the decision it got before, and sensitivity can only
+    rise as the threshold falls, so the guarantee stands; a positive photo scoring a little below the lowest
+    calibration positive is still referred (a model that separates the split perfectly scores its positives
+    1.0 in float32, and the threshold would otherwise be exactly 1.0)."""
+    below = np.asarray(scores)[np.asarray(scores) < (np.inf if threshold is None else threshold)]
+    if threshold is None or not len(below):
+        return {"threshold": threshold, "gap": None}
+    return {"threshold": float((threshold + below.max()) / 2), "gap": [float(below.max()), float(threshold)]}
+
+
 def at_threshold(score: np.ndarray, y: np.ndarray, groups, classes, positive, threshold, confidence: float) -> dict:
     """Sensitivity (overall and per positive class) and specificity of `refer = score >= threshold`, each with
     its exact interval counting a duplicate group once."""
@@ -150,8 +164,9 @@ def decide(cal, cal_y, cal_groups, test_before, test, test_y, test_groups, class
     calibration for the reliability comparison): everything the model card and metadata.json state."""
     classes, positive = list(classes), list(positive)
     cal_pos = np.isin(cal_y, [classes.index(c) for c in positive])
-    point = choose_threshold(positive_group_scores(refer_score(cal, classes, positive), cal_pos, cal_groups),
-                             target, confidence)
+    cal_score = refer_score(cal, classes, positive)
+    point = choose_threshold(positive_group_scores(cal_score, cal_pos, cal_groups), target, confidence)
+    point.update(into_gap(point["threshold"], cal_score))
     score = refer_score(test, classes, positive)
     argmax_refer = np.isin(test.argmax(1), [classes.index(c) for c in positive])
     return {"positive_classes": positive, "target_sensitivity": target, "confidence": confidence, **point,

@@ -112,6 +112,25 @@ def test_decide_states_everything_the_model_ships_with():
     assert d["test"]["sensitivity"]["value"] >= 0.85  # the guarantee at work on fresh data of the same kind
 
 
+def test_the_shipped_threshold_sits_in_the_gap_and_decides_the_calibration_split_alike():
+    """Saturated positives (1.0 in float32) and well separated negatives: not a threshold of exactly 1.0 but the
+    middle of the gap; on overlapping scores every calibration image keeps its decision."""
+    from pipeline.operating_point import into_gap
+
+    rng = np.random.default_rng(3)
+    negatives, positives = rng.uniform(0, 0.02, 40), np.ones(70, "float32")
+    cal = np.concatenate([negatives, positives])
+    chosen = choose_threshold(positives, 0.95, 0.95)["threshold"]
+    assert chosen == 1.0
+    placed = into_gap(chosen, cal)
+    assert placed["threshold"] == pytest.approx((1.0 + negatives.max()) / 2) and placed["gap"][1] == 1.0
+    overlapping = rng.uniform(0, 1, 300)
+    for t in np.sort(overlapping)[::37]:
+        moved = into_gap(float(t), overlapping)["threshold"]
+        assert moved <= t and ((overlapping >= moved) == (overlapping >= t)).all()
+    assert into_gap(None, cal)["threshold"] is None and into_gap(0.0, np.array([0.0, 0.5]))["gap"] is None
+
+
 def test_a_threshold_below_one_is_never_printed_as_one():
     assert threshold_text(0.0491) == "0.0491" and threshold_text(0.99998) == "0.99998"
     assert threshold_text(1.0) == "1.0000" and threshold_text(None) == "none"
