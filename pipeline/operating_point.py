@@ -111,10 +111,16 @@ def into_gap(threshold: float | None, scores: np.ndarray) -> dict:
     rise as the threshold falls, so the guarantee stands; a positive photo scoring a little below the lowest
     calibration positive is still referred (a model that separates the split perfectly scores its positives
     1.0 in float32, and the threshold would otherwise be exactly 1.0)."""
-    below = np.asarray(scores)[np.asarray(scores) < (np.inf if threshold is None else threshold)]
+    scores = np.asarray(scores, dtype=float)
+    below = scores[scores < (np.inf if threshold is None else threshold)]
     if threshold is None or not len(below):
         return {"threshold": threshold, "gap": None}
-    return {"threshold": float((threshold + below.max()) / 2), "gap": [float(below.max()), float(threshold)]}
+    low = float(below.max())
+    # a float32 value: the models' scores are float32, so the middle must be one too to fall strictly inside
+    middle = float(np.float32((float(threshold) + low) / 2))
+    if not low < middle <= threshold:  # adjacent float32 scores: no room in between
+        return {"threshold": float(threshold), "gap": None}
+    return {"threshold": middle, "gap": [low, float(threshold)]}
 
 
 def at_threshold(score: np.ndarray, y: np.ndarray, groups, classes, positive, threshold, confidence: float) -> dict:

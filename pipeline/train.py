@@ -155,6 +155,7 @@ class Cached:
     head: object
     full: object
     cut: int | None
+    finetune_layers: int | None  # what the cut was found for (None: nothing fine-tuned)
 
 
 def cached_models(parts: Parts, params: Train) -> Cached:
@@ -162,15 +163,16 @@ def cached_models(parts: Parts, params: Train) -> Cached:
     import keras
 
     parts.base.trainable = False
-    if parts.cached is None:
-        cut = find_cut(parts.base, params.finetune_layers) if finetunes(params) else None
+    layers = params.finetune_layers if finetunes(params) else None
+    if parts.cached is None or parts.cached.finetune_layers != layers:  # other settings: other models
+        cut = find_cut(parts.base, layers) if layers else None
         front, top = split_base(parts, cut)
         cached = keras.Input(front.output.shape[1:])
         below = top(cached, training=False) if top else cached
         pooled = keras.Model(cached, parts.head[0](below))
         features = keras.Input(pooled.output.shape[1:])
         parts.cached = Cached(front, pooled, keras.Model(features, stack(parts.head[1:], features)),
-                              keras.Model(cached, stack(parts.head, below)), cut)
+                              keras.Model(cached, stack(parts.head, below)), cut, layers)
     return parts.cached
 
 

@@ -65,12 +65,13 @@ def test_the_estimate_scores_train_and_val_once_and_never_reads_test(tmp_path):
     assert sorted(set(fold_of)) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("head", ["network", "linear"])
-def test_a_fold_of_a_pretrained_member_is_the_training_procedure_on_its_rows(tmp_path, keras_home, head):
-    """A fold trains the member built once (weights restored, frozen activations and phase 1's features read
-    from the files computed once, the scored rows predicted from the activations): the same probabilities as
-    a model built afresh, trained by train.fit_model on the fold's images and predicted from pixels; and a
-    second fold on the same rows gives them again (nothing carried over from the first)."""
+@pytest.mark.parametrize("head", ["network", "linear", "scratch"])
+def test_a_fold_of_a_member_is_the_training_procedure_on_its_rows(tmp_path, keras_home, head):
+    """A fold trains the member built once (weights restored, a pretrained network's frozen activations and
+    phase 1's features read from the files computed once, the scored rows predicted from the activations; a
+    scratch network from pixels, its BatchNorm trained): the same probabilities as a model built afresh,
+    trained by train.fit_model on the fold's images and predicted from pixels; and a second fold on the same
+    rows gives them again (nothing carried over from the first, the traced steps reused)."""
     import keras
 
     from pipeline.models import ARCHITECTURES
@@ -82,13 +83,15 @@ def test_a_fold_of_a_pretrained_member_is_the_training_procedure_on_its_rows(tmp
     raw = tiny_project(tmp_path)
     params = shrunk(tmp_path, train={"head_epochs": 2, "finetune_epochs": 2, "finetune_layers": 12, "batch_size": 8,
                                      "finetune_learning_rate": 1e-3, "probe_folds": 2,
-                                     "architectures": {"M": {"base": "MobileNetV2", "weights": str(weights),
-                                                             "alpha": 0.35, "image_size": 32, "head": head}}})
+                                     "architectures": {"M": {"base": "SmallCNN", "weights": "none", "image_size": 32}
+                                                       if head == "scratch" else
+                                                       {"base": "MobileNetV2", "weights": str(weights),
+                                                        "alpha": 0.35, "image_size": 32, "head": head}}})
     rows = cv.pool_rows(tmp_path / "split.csv", CLASSES)
     pool = cv.images(rows, raw, tmp_path / "aug", pd.DataFrame(columns=["path", "label", "group_id"]), CLASSES, 0)
     groups = rows.group_id.to_numpy()
     member = cv.Member("M", params, pool, len(rows), tmp_path)
-    assert (member.pooled is None) == (head == "linear")
+    assert (member.pooled is None) == (head != "network") and (member.frozen is None) == (head == "scratch")
     fit, stop, score = np.arange(0, 16), np.arange(16, 20), np.arange(20, 24)
     first = member.train_and_predict(fit, stop, score, groups)
     again = member.train_and_predict(fit, stop, score, groups)

@@ -129,6 +129,13 @@ def test_the_shipped_threshold_sits_in_the_gap_and_decides_the_calibration_split
         moved = into_gap(float(t), overlapping)["threshold"]
         assert moved <= t and ((overlapping >= moved) == (overlapping >= t)).all()
     assert into_gap(None, cal)["threshold"] is None and into_gap(0.0, np.array([0.0, 0.5]))["gap"] is None
+    # float32 scores, as models give them: the middle is a float32 strictly inside, or the threshold stays
+    near = np.array([0.99999994, 1.0], "float32")
+    moved = into_gap(1.0, near)["threshold"]
+    assert moved == 1.0 and ((near >= np.float32(moved)) == (near >= 1.0)).all()  # adjacent: no room
+    wide = np.array([0.2, 0.6], "float32")
+    moved = into_gap(float(wide[1]), wide)["threshold"]
+    assert 0.2 < moved < 0.6 and np.float32(moved) == moved and ((wide >= moved) == (wide >= wide[1])).all()
 
 
 def test_a_threshold_below_one_is_never_printed_as_one():

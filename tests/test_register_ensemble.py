@@ -10,6 +10,7 @@ from tests.colour_project import CLASSES, colour_model, project, register_again 
 # mean colour (0..1) -> class scores: each member takes one colour for another, mildly; their average is right
 MEMBERS = {"Colourreds": np.array([[10, 0, 0], [4, 2, 0], [0, 0, 20]], "float32"),     # green taken for normal
            "Colourgreens": np.array([[2, 4, 0], [0, 10, 0], [0, 0, 20]], "float32")}  # red taken for precancer
+TRAINED = {**MEMBERS, "Colourbad": np.zeros((3, 3), "float32")}  # always "normal": ranked last, left out of the top 2
 
 
 def test_a_chosen_ensemble_is_exported_registered_and_served(project, monkeypatch):
@@ -27,13 +28,13 @@ def test_a_chosen_ensemble_is_exported_registered_and_served(project, monkeypatc
     monkeypatch.chdir(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     spec = yaml.safe_load(params.read_text())
-    spec["train"]["architectures"] = {name: {"weights": "none"} for name in MEMBERS}
+    spec["train"]["architectures"] = {name: {"weights": "none"} for name in TRAINED}
     spec["ensemble"] = {"top_k": 2}
     params.write_text(yaml.safe_dump(spec))
     loaded = load_params(params)
     tracking.setup("oralscan")
     with mlflow.start_run(run_name="pipeline") as parent:  # what the train stages leave behind (train.log_validation)
-        for name, weights in MEMBERS.items():
+        for name, weights in TRAINED.items():
             with mlflow.start_run(run_name=name, nested=True) as child:
                 pass
             folder = root / "models" / name
@@ -58,7 +59,7 @@ def test_a_chosen_ensemble_is_exported_registered_and_served(project, monkeypatc
                                             figures=reports / "fig", plots=reports / "confusion"))
     val = {name: r["val"]["balanced_accuracy"] for name, r in summary["architectures"].items()}
     assert summary["best"]["architecture"] == "ensemble" and val["ensemble"] == 1.0
-    assert max(val[name] for name in MEMBERS) < 0.7  # each member alone misses a class
+    assert max(val[name] for name in TRAINED) < 0.7  # each model alone misses a class
     export.run(loaded, export.Inputs(raw=root / "raw", split=root / "split.csv", metrics=reports / "metrics.json"),
                export.Outputs(out=root / "export", report=reports / "export.json",
                               operating_point=reports / "operating_point.json", figure=reports / "operating_point.png"))

@@ -74,6 +74,25 @@ def test_cached_training_matches_plain_fit(finetune_layers, keras_home):
     assert np.abs(head.numpy() - start[head.path]).max() > 100 * TOLERANCE
 
 
+def test_a_reset_optimizer_is_a_new_one():
+    """What cross-validation's folds rely on (compile_fit `again`): after a fit and a learning rate lowered
+    (as ReduceLROnPlateau does), no steps, zero moments and the learning rate asked for."""
+    import keras
+
+    from pipeline.train import reset_optimizer
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(np.ones((8, 4), "float32"), np.arange(8) % 3, epochs=2, verbose=0)
+    model.optimizer.learning_rate = 0.0005
+    assert int(model.optimizer.iterations.numpy()) == 2
+    assert any(np.abs(v.numpy()).max() > 0 for v in model.optimizer.variables if "iteration" not in v.path)
+    reset_optimizer(model.optimizer, 0.01)
+    assert int(model.optimizer.iterations.numpy()) == 0
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.01)
+    assert all(np.abs(v.numpy()).max() == 0 for v in model.optimizer.variables if "learning_rate" not in v.path)
+
+
 def test_cut_has_one_tensor_crossing():
     import keras
 
